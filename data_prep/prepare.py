@@ -17,6 +17,17 @@ Targets (only when the source is fully sampled and ``keep_targets``): the SENSE-
 x = sum_c conj(S_c) ifft2c(k_full / scale)_c and the RSS image of k_full / scale, stored under
 ``targets/`` so that deleting that folder leaves the self-supervised set intact.
 
+Views (``view``, for view models; X. Ma 2025, "Bootstrapping Diffusion"): the set holds what a partial
+isometry V sees of each scan, fully sampled, at the view's matrix: ``lowres:F`` keeps the centred
+(F H, F W) block of k-space (a full-resolution file is cropped; a low-resolution scan whose matrix already
+is that block is taken as it is; ``full_matrix`` names the full-resolution matrix, default the files' own);
+``acs`` keeps all rows x the fully sampled centre columns of each slice's training mask (the file's own
+mask, else the sampler's). The scale is the full scan's rule applied to the view: the ACS image of the
+centre round(W cf) columns (the full-resolution training set's ACS width) divided by the view's amplitude
+factor sqrt(H W / (h w)), so that a view image equals V applied to the normalised full image. Targets
+(the SENSE-combined view image) are kept, the view being fully sampled: view models train with ``dsm``.
+The manifest's ``view`` entry records kind, full and view shapes.
+
 Resume: ``manifest.partial.json`` records the finished shards after each one; a re-run with the same
 configuration continues after the last finished shard.
 """
@@ -39,8 +50,10 @@ from mri_diffusion import __version__
 from mri_diffusion.data import FORMAT_VERSION, MANIFEST, PARTIAL_MANIFEST, SHARD_DIR, TARGET_DIR, shard_name
 from mri_diffusion.physics.calib import estimate_maps
 from mri_diffusion.physics.fft import ifft2c
-from mri_diffusion.physics.masks import make_sampler, mask_from_file, seed_from
+from mri_diffusion.physics.masks import (acs_block, default_center_fraction, make_sampler, mask_from_file,
+                                         num_low_frequencies, seed_from)
 from mri_diffusion.physics.normalize import acs_scale
+from mri_diffusion.physics.views import LowResView, centre_slices, parse_view, view_shape_for
 
 from .atomic import atomic_write, atomic_write_text
 from .fastmri_h5 import DataError, Volume, iter_kspace, list_h5, open_volume
@@ -67,14 +80,20 @@ class PrepConfig:
     shard_size: int = 64
     max_slices_per_file: int | None = None
     keep_targets: bool = True
-    view: str | None = None  # reserved for low-resolution views; only None for now
+    view: str | None = None  # None (full images) or a view: 'lowres:F' (k-space centre, F of the matrix) or 'acs'
+    full_matrix: tuple[int, int] | None = None  # views: the full-resolution matrix (default: the files' own)
     calib_rows: int = 24
     use_file_noise_std: bool = True  # a file's 'noise_std' attribute (data_prep.simulate) when noise_std is None
 
     def __post_init__(self):
         make_sampler(self.mask_type, self.acceleration, self.center_fraction)  # validates kind / acceleration
         if self.view is not None:
-            raise NotImplementedError(f"view={self.view!r}: views are not supported by prep yet (use None)")
+            parse_view(self.view)  # validates
+        if self.full_matrix is not None:
+            fm = tuple(int(v) for v in self.full_matrix)
+            if len(fm) != 2 or min(fm) < 1:
+                raise ValueError(f"full_matrix must be two positive sizes (H, W), got {self.full_matrix}")
+            object.__setattr__(self, "full_matrix", fm)
         if int(self.shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.max_slices_per_file is not None and int(self.max_slices_per_file) < 1:
@@ -199,6 +218,76 @@ def _open_sources(inputs, cfg: PrepConfig, strict: bool) -> tuple[list[Volume], 
     for s in sources:
         s["shape"] = list(s["shape"])
     return vols, sources
+
+
+def view_geometry(cfg: PrepConfig, file_shape: tuple[int, int], path) -> dict | None:
+    """The view a prepared set holds: kind, full/view shapes, ACS width used for the scale; None without view."""
+    if cfg.view is None:
+        return None
+    kind, frac = parse_view(cfg.view)
+    full = tuple(cfg.full_matrix) if cfg.full_matrix is not None else tuple(file_shape)
+    cf = cfg.center_fraction if cfg.center_fraction is not None else default_center_fraction(cfg.acceleration)
+    acs_w = max(4, num_low_frequencies(full[1], cf))
+    if kind == "lowres":
+        vshape = view_shape_for(full, (frac, frac))
+        if tuple(file_shape) not in (full, vshape):
+            raise DataError(f"{path}: k-space matrix {tuple(file_shape)} is neither the full matrix {full} nor the "
+                            f"view {vshape} of view {cfg.view!r}; pass full_matrix (--full-matrix HxW)")
+    else:
+        if tuple(file_shape) != full:
+            raise DataError(f"{path}: view 'acs' needs full-resolution files {full}, got {tuple(file_shape)}")
+        vshape = (full[0], acs_w)
+    return {"spec": cfg.view, "kind": kind, "full_shape": list(full), "view_shape": list(vshape),
+            "fraction": [vshape[0] / full[0], vshape[1] / full[1]], "scale_acs_width": acs_w}
+
+
+def _prepare_view_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, geo: dict,
+                        own_mask: bool, with_target: bool, device) -> dict:
+    """One slice of a view set: the fully sampled view k-space (C, h, w), normalised like the full scan."""
+    full, vshape = tuple(geo["full_shape"]), tuple(geo["view_shape"])
+    H, W = vol.shape
+    k = torch.from_numpy(k_np).to(device)
+    view = LowResView(full, vshape)
+    if geo["kind"] == "acs":
+        if own_mask:
+            mask = mask_from_file(vol.mask, W, name=f"{vol.path}: 'mask'")
+        else:
+            mask = sampler.sample((H, W), seed=seed_from(vol.name, index, cfg.seed))
+        want = centre_slices(W, vshape[1])
+        if not bool(torch.all(mask.reshape(-1)[want] > 0)):
+            lo, hi = acs_block(mask.reshape(-1))
+            raise DataError(f"{vol.path}: slice {index}: the mask's fully sampled centre is columns [{lo}, {hi}), "
+                            f"it does not contain the {vshape[1]} centre columns [{want.start}, {want.stop}) of "
+                            f"view 'acs' (center_fraction of the configured sampler)")
+    if (H, W) == full:
+        k = view.crop_kspace(k)
+    ones = torch.ones(1, 1, vshape[1], device=device)
+    try:
+        scale = acs_scale(k, ones, width=min(geo["scale_acs_width"], vshape[1])) / view.amplitude_scale
+    except ValueError as e:
+        raise DataError(f"{vol.path}: slice {index}: {e}") from None
+    k = k / scale
+    try:
+        maps = estimate_maps(k, ones, calib_rows=cfg.calib_rows)
+    except ValueError as e:
+        raise DataError(f"{vol.path}: slice {index}: {e} (view k-space {tuple(k.shape)})") from None
+    if cfg.noise_std is not None:
+        noise = cfg.noise_std / scale
+    elif cfg.use_file_noise_std and "noise_std" in vol.attrs:
+        noise = float(vol.attrs["noise_std"]) / scale
+    else:
+        noise = estimate_noise_std(k, ones)
+    row = {"id": f"{vol.name}:{index}", "kspace": k.cpu().numpy(), "mask": ones.cpu().numpy(),
+           "density": np.ones((1, 1, vshape[1]), np.float32), "maps": maps.cpu().numpy(),
+           "noise_std": float(noise), "scale": float(scale)}
+    if with_target:
+        coil = ifft2c(k)
+        row["target"] = torch.sum(maps.conj() * coil, dim=0).cpu().numpy()
+        row["rss"] = torch.sqrt(torch.sum(torch.abs(coil) ** 2, dim=0)).float().cpu().numpy()
+    for key in ("kspace", "maps", "target", "rss"):
+        if key in row and not np.all(np.isfinite(row[key])):
+            raise DataError(f"{vol.path}: slice {index}: '{key}' contains NaN/Inf after preparation")
+    return row
 
 
 def _prepare_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, density: np.ndarray,
@@ -328,13 +417,17 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
         state = {"format_version": FORMAT_VERSION, "config_hash": config_hash,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shards": [], "target_shards": [],
                  "cursors": [], "skipped": []}
-    with_targets = cfg.keep_targets and all(v.mask is None for v in vols)
+    C, H, W = sources[0]["shape"]
+    geo = view_geometry(cfg, (H, W), vols[0].path)
+    with_targets = cfg.keep_targets and (geo is not None or all(v.mask is None for v in vols))
     if cfg.keep_targets and not with_targets and any(v.mask is None for v in vols):
         warnings.warn("no targets kept: some inputs have their own mask (undersampled data without a clean "
                       "target); a prepared set has targets for all slices or none")
-    C, H, W = sources[0]["shape"]
     sampler = cfg.sampler()
     density = sampler.density((H, W)).numpy().astype(np.float32)
+    if geo is not None:
+        H, W = geo["view_shape"]
+        density = np.ones((1, 1, W), np.float32)
 
     cursor = tuple(state["cursors"][-1]) if state["cursors"] else (-1, -1)
     total = sum(s["used_slices"] for s in sources)
@@ -369,7 +462,12 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
                     warnings.warn(f"{vol.path}: slice {i} is all zero; skipped")
                     pending_skips.append({"id": f"{vol.name}:{i}", "reason": "all-zero", "pos": [fi, i]})
                 else:
-                    rows.append(_prepare_slice(vol, i, k_np, cfg, sampler, density, own_mask, with_targets, device))
+                    if geo is None:
+                        rows.append(_prepare_slice(vol, i, k_np, cfg, sampler, density, own_mask, with_targets,
+                                                   device))
+                    else:
+                        rows.append(_prepare_view_slice(vol, i, k_np, cfg, sampler, geo, own_mask, with_targets,
+                                                        device))
                 bar.update(1)
                 if len(rows) == cfg.shard_size:
                     flush((fi, i))
@@ -389,7 +487,7 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
         "shards": state["shards"], "has_targets": with_targets,
         "target_shards": state["target_shards"] if with_targets else [],
         "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
-        "noise_rule": NOISE_RULE, "scale_rule": SCALE_RULE,
+        "noise_rule": NOISE_RULE, "scale_rule": SCALE_RULE, "view": geo,
         "units": "k-space divided by the per-slice scale; multiply images by 'scale' for the file's units",
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1), overwrite=overwrite)

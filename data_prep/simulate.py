@@ -10,6 +10,12 @@ Slices are grouped into chunks of consecutive slices; each chunk becomes one fil
 assigned to train / val / test by a repeating cycle. ``gap`` slices are dropped at every boundary
 between different splits, so no test slice has an immediate neighbour (near-duplicate) in training.
 Files load in ``fastmri.data.SliceDataset(challenge='multicoil')`` unchanged.
+
+Low-resolution acquisitions (``lowres`` > 0, for view models): for every training chunk a second file in
+``multicoil_lowres/`` holds a separate scan of the same slices at a lower resolution: the centred
+(lowres * matrix)^2 block of k-space of its own realisation (new smooth phase, new noise of the same level
+per k-space entry), i.e. the same field of view with larger voxels, as a low-resolution protocol gives.
+Attribute ``full_matrix`` records the matrix of the full-resolution scans it pairs with.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class SimConfig:
     phase_strength: float = 1.0  # radians, peak of the smooth random phase
     amplitude: float = 1e-4     # image scale (fastMRI stores tiny absolute values)
     coil_radius: float = 1.1    # birdcage radius relative to the half field of view
+    lowres: float = 0.5         # also write low-resolution acquisitions (k-space centre, this fraction of the
+    #                             matrix, fresh phase and noise) of the training slices to multicoil_lowres/; 0: off
     seed: int = 0
 
 
@@ -201,7 +209,18 @@ def simulate(source: str | Path, out_dir: str | Path, cfg: SimConfig = SimConfig
         write_volume(out_dir / f"multicoil_{split}" / name, np.stack(ks), fov, zooms[2] * cfg.slice_step, attrs,
                      overwrite)
         files[split].append(name)
+        if split == "train" and cfg.lowres > 0:
+            lo = int(round(cfg.matrix * cfg.lowres))
+            crop = slice(cfg.matrix // 2 - lo // 2, cfg.matrix // 2 - lo // 2 + lo)
+            kl = []
+            for z in block:
+                rng = np.random.default_rng([cfg.seed, z, 1])  # an independent acquisition of slice z
+                kl.append(simulate_slice(mags[z], maps, rng, cfg, sigma)[:, crop, crop])
+            lname = name.replace("_train_", "_lowres_")
+            write_volume(out_dir / "multicoil_lowres" / lname, np.stack(kl), fov, zooms[2] * cfg.slice_step,
+                         {**attrs, "full_matrix": np.asarray([cfg.matrix, cfg.matrix], np.int32)}, overwrite)
+            files.setdefault("lowres", []).append(lname)
     summary = {"source": str(source), "config": asdict(cfg), "noise_std": sigma, "fov_mm": fov,
-               "files": files, "slices": {s: [b for sp, b in chunks if sp == s] for s in files}}
+               "files": files, "slices": {s: [b for sp, b in chunks if sp == s] for s in ("train", "val", "test")}}
     atomic_write_text(out_dir / "simulation.json", json.dumps(summary, indent=2), overwrite=True)
     return summary

@@ -62,6 +62,16 @@ def _setup_torch():
     torch.set_flush_denormal(True)
 
 
+def _matrix(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 128x128", param_hint="--full-matrix") from None
+    return h, w
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mri-diffusion")
 def main():
@@ -82,10 +92,12 @@ def main():
 @click.option("--slice-step", default=3, show_default=True, help="Use every n-th axial slice.")
 @click.option("--chunk", default=5, show_default=True, help="Slices per output file (volume).")
 @click.option("--gap", default=2, show_default=True, help="Slices dropped at each train/val/test boundary.")
+@click.option("--lowres", default=0.5, show_default=True,
+              help="Also write low-resolution scans (this fraction of the matrix) of the training slices; 0: off.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @_friendly_errors
-def simulate(source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, seed, overwrite):
+def simulate(source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, lowres, seed, overwrite):
     """Simulate fastMRI-format multi-coil k-space from a real magnitude volume (NIfTI)."""
     from data_prep.simulate import SimConfig, simulate as run_sim
 
@@ -93,7 +105,8 @@ def simulate(source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, see
         raise click.ClickException(
             f"{source}: not found. The default is the Colin27 brain from Debian's 'mricron-data' package "
             "(sudo apt-get install mricron-data); or pass --source with any T1 NIfTI volume.")
-    cfg = SimConfig(matrix=matrix, coils=coils, snr_db=snr_db, slice_step=slice_step, chunk=chunk, gap=gap, seed=seed)
+    cfg = SimConfig(matrix=matrix, coils=coils, snr_db=snr_db, slice_step=slice_step, chunk=chunk, gap=gap, seed=seed,
+                    lowres=lowres)
     summary = run_sim(source, out_dir, cfg, overwrite=overwrite)
     n = {k: sum(len(b) for b in v) for k, v in summary["slices"].items()}
     click.echo(f"wrote {out_dir}: slices train={n['train']} val={n['val']} test={n['test']}, "
@@ -217,21 +230,26 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
 @click.option("--shard-size", default=64, show_default=True, help="Slices per shard file.")
 @click.option("--max-slices", type=int, default=None, help="At most this many slices per file.")
 @click.option("--no-targets", is_flag=True, help="Do not keep fully sampled targets even when the source has them.")
+@click.option("--view", default=None, help="Build a view set: lowres:F (k-space centre, fraction F of the matrix) "
+              "or acs (the fully sampled centre columns of each training mask).")
+@click.option("--full-matrix", default=None, help="Views: the full-resolution matrix HxW when the files are "
+              "low-resolution scans (default: the files' own matrix).")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_std, shard_size, max_slices,
-         no_targets, overwrite, quiet):
+         no_targets, view, full_matrix, overwrite, quiet):
     """Prepare a training set from fastMRI .h5 files: masks, scale, coil maps, noise level, shards."""
     from data_prep.prepare import PrepConfig, prepare
 
     _setup_torch()
     cfg = PrepConfig(mask_type=mask_kind, acceleration=acceleration, center_fraction=center_fraction, seed=seed,
                      noise_std=noise_std, shard_size=shard_size, max_slices_per_file=max_slices,
-                     keep_targets=not no_targets)
+                     keep_targets=not no_targets, view=view, full_matrix=_matrix(full_matrix))
     man = prepare(list(inputs), out_dir, cfg, overwrite=overwrite, progress=not quiet)
+    view_txt = f"; view {man['view']['spec']} of {tuple(man['view']['full_shape'])}" if man.get("view") else ""
     click.echo(f"prepared {man['num_slices']} slices ({man['num_coils']} coils, {tuple(man['image_shape'])}) "
-               f"in {out_dir}; targets kept: {man['has_targets']}")
+               f"in {out_dir}; targets kept: {man['has_targets']}{view_txt}")
 
 
 @main.command()
@@ -248,7 +266,7 @@ def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, device, quiet):
-    """Train a denoiser D(x, sigma) (dsm, gsure or ambient). Multi-GPU: torchrun --nproc_per_node=N $(which mridiff) train ..."""
+    """Train a denoiser D(x, sigma) (dsm, gsure or ambient; with views: view models, then the residual). Multi-GPU: torchrun --nproc_per_node=N $(which mridiff) train ..."""
     from mri_diffusion.config import TrainConfig
 
     cfg = TrainConfig.from_yaml(config_path, _key_values(overrides, "--set"))
@@ -257,11 +275,14 @@ def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, d
         return
     if data_dir is None or out_dir is None:
         raise click.UsageError("--data and --out are required (unless --dry-run)")
-    from mri_diffusion.train.loop import train as run_train
+    from mri_diffusion.train.stages import train_prior
 
     _setup_torch()
-    res = run_train(cfg, data_dir, out_dir, resume=resume, device=_device(device), progress=not quiet,
-                    minutes=minutes)
+    res = train_prior(cfg, data_dir, out_dir, resume=resume, device=_device(device), progress=not quiet,
+                      minutes=minutes)
+    if res.get("stopped_in"):
+        click.echo(f"stopped in stage {res['stopped_in']} (time budget); run again with --resume to continue")
+        return
     click.echo(f"step {res['step']}: checkpoint {res['checkpoint']}")
 
 

@@ -77,6 +77,61 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    """One view model of a view-composed prior (``mri_diffusion.nn.composed``).
+
+    ``view``: 'lowres:F' or 'acs' (``physics.views.parse_view``); ``data``: its prepared view set
+    (``mridiff prep --view ...``); ``config``: how to train it (a full ``TrainConfig``: dsm when the view
+    is fully sampled, gsure when not); ``checkpoint``: use this trained view model instead of training one;
+    ``fraction``: (fh, fw) of the full matrix, filled in from the view set's manifest at training time.
+    """
+
+    name: str
+    view: str
+    config: "TrainConfig"
+    data: str | None = None
+    checkpoint: str | None = None
+    fraction: tuple[float, float] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, index: int) -> "ViewConfig":
+        key = f"views[{index}]"
+        if not isinstance(d, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {d!r}")
+        known = {"name", "view", "config", "data", "checkpoint", "fraction"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(key + '.' + u for u in unknown)}; valid: {sorted(known)}")
+        for req in ("name", "view", "config"):
+            if req not in d:
+                raise ConfigError(f"{key}.{req} is required")
+        from .physics.views import parse_view
+
+        try:
+            parse_view(d["view"])
+        except ValueError as e:
+            raise ConfigError(f"{key}.view: {e}") from None
+        if d.get("data") is None and d.get("checkpoint") is None:
+            raise ConfigError(f"{key}: give 'data' (a prepared view set to train on) or 'checkpoint'")
+        try:
+            sub = TrainConfig.from_dict(d["config"])
+        except ConfigError as e:
+            raise ConfigError(f"{key}.config: {e}") from None
+        if sub.views:
+            raise ConfigError(f"{key}.config: a view model cannot itself have views")
+        frac = d.get("fraction")
+        if frac is not None:
+            frac = tuple(float(v) for v in frac)
+            _check(len(frac) == 2 and all(0 < v <= 1 for v in frac), f"{key}.fraction", frac,
+                   "must be two numbers in (0, 1]")
+        return cls(str(d["name"]), str(d["view"]), sub, d.get("data"), d.get("checkpoint"), frac)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "view": self.view, "data": self.data, "checkpoint": self.checkpoint,
+                "fraction": None if self.fraction is None else list(self.fraction), "config": self.config.to_dict()}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str = "run"
     loss: str = "gsure"
@@ -84,12 +139,18 @@ class TrainConfig:
     loss_options: LossOptions = field(default_factory=LossOptions)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: RunConfig = field(default_factory=RunConfig)
+    views: tuple[ViewConfig, ...] = ()  # view models: then ``net`` is the residual r_theta's network
+    residual: bool = True               # views: learn the residual score (False: views alone, no training)
+    residual_weight: float = 0.0        # views: weight of the residual regulariser (nn/composed.py)
 
     def __post_init__(self):
         _check(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
         self.loss_options.validate()
         self.optim.validate()
         self.train.validate()
+        _check(self.residual_weight >= 0, "residual_weight", self.residual_weight, "must be >= 0")
+        names = [v.name for v in self.views]
+        _check(len(set(names)) == len(names), "views", names, "view names must be unique")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -97,6 +158,19 @@ class TrainConfig:
             raise ConfigError(f"config must be a mapping, got {type(d).__name__}")
         _no_unknown(d, cls, "")
         kw: dict[str, Any] = {k: v for k, v in d.items() if k in ("name", "loss")}
+        views = d.get("views") or []
+        if not isinstance(views, list):
+            raise ConfigError(f"views: expected a list, got {views!r}")
+        kw["views"] = tuple(ViewConfig.from_dict(v, i) for i, v in enumerate(views))
+        if "residual" in d:
+            _check(isinstance(d["residual"], bool), "residual", d["residual"], "expected true or false")
+            kw["residual"] = d["residual"]
+        if "residual_weight" in d:
+            rw = d["residual_weight"]
+            try:
+                kw["residual_weight"] = float(rw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"residual_weight = {rw!r}: expected a number") from None
         try:
             kw["net"] = NetConfig.from_dict(d.get("net"))
         except ValueError as e:
@@ -134,6 +208,10 @@ class TrainConfig:
         out = {"name": self.name, "loss": self.loss, "net": self.net.to_dict()}
         for key in ("loss_options", "optim", "train"):
             out[key] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(getattr(self, key)).items()}
+        if self.views:  # plain priors keep the dict (and hash) they always had
+            out["residual"] = self.residual
+            out["residual_weight"] = self.residual_weight
+            out["views"] = [v.to_dict() for v in self.views]
         return out
 
     def to_yaml(self) -> str:

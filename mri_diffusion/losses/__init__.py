@@ -12,8 +12,29 @@ from .gsure import gsure_loss, gsure_terms, network_input
 __all__ = ["ambient_loss", "edm_weight", "sample_sigma", "dsm_loss", "gsure_loss", "gsure_terms", "network_input"]
 
 
-def make_loss(name: str, opts, sigma_data: float = 0.5):
-    """The per-sample loss callable (denoiser, batch, generator) -> (B,) for a config's loss name/options."""
+def make_loss(name: str, opts, sigma_data: float = 0.5, residual_weight: float = 0.0):
+    """The per-sample loss callable (denoiser, batch, generator) -> (B,) for a config's loss name/options.
+
+    ``residual_weight`` > 0 (view-composed priors): adds weight * mean|F_theta|^2 of the residual's first
+    call in the loss (its output at the loss's own input; ``nn.composed`` explains the units).
+    """
+    base = _base_loss(name, opts, sigma_data)
+    if residual_weight <= 0:
+        return base
+
+    def regularised(d, b, g):
+        if not hasattr(d, "recording"):
+            raise RuntimeError("residual_weight > 0 needs a view-composed denoiser with a residual")
+        with d.recording() as rec:
+            loss = base(d, b, g)
+        if not rec:
+            raise RuntimeError("residual_weight > 0 needs a view-composed denoiser with a residual")
+        return loss + residual_weight * rec[0]
+
+    return regularised
+
+
+def _base_loss(name: str, opts, sigma_data: float):
     if name == "dsm":
         return lambda d, b, g: dsm_loss(d, b, g, sigma_data, p_mean=opts.p_mean, p_std=opts.p_std)
     if name == "gsure":

@@ -14,10 +14,16 @@ from .masks import acs_lines
 from .views import centre_slices
 
 
-def acs_scale(kspace: torch.Tensor, mask: torch.Tensor, percentile: float = 99.0, min_lines: int = 4) -> float:
-    """kspace (C, H, W) masked; mask (1, 1, W). Returns the scale (> 0) or raises on an all-zero slice."""
+def acs_scale(kspace: torch.Tensor, mask: torch.Tensor, percentile: float = 99.0, min_lines: int = 4,
+              width: int | None = None) -> float:
+    """kspace (C, H, W) masked; mask (1, 1, W). Returns the scale (> 0) or raises on an all-zero slice.
+
+    ``width``: use this many centre columns instead of the mask's ACS (views: the ACS width of the
+    full-resolution scans, so that a view and the full scan share one scale up to the view's amplitude
+    factor, see ``data_prep.prepare``).
+    """
     W = kspace.shape[-1]
-    n = acs_lines(mask) if mask.shape[-2] == 1 else 0
+    n = (acs_lines(mask) if mask.shape[-2] == 1 else 0) if width is None else int(width)
     n = max(n, min_lines)
     keep = torch.zeros(W, dtype=kspace.real.dtype, device=kspace.device)
     keep[centre_slices(W, min(n, W))] = 1

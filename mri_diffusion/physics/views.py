@@ -28,6 +28,8 @@ class LowResView(LinearOp):
 
     def __init__(self, full_shape: tuple[int, int], view_shape: tuple[int, int]):
         (H, W), (h, w) = full_shape, view_shape
+        if not (0 < h <= H and 0 < w <= W):
+            raise ValueError(f"LowResView: view {tuple(view_shape)} must fit inside {tuple(full_shape)}")
         self.full_shape, self.view_shape = (int(H), int(W)), (int(h), int(w))
         self._rows, self._cols = centre_slices(H, h), centre_slices(W, w)
 
@@ -54,7 +56,63 @@ class LowResView(LinearOp):
             raise ValueError(f"LowResView.H expects (..., {self.view_shape}), got {tuple(y.shape)}")
         return ifft2c(self.pad_kspace(fft2c(y)))
 
+    def kspace_support(self, device=None) -> torch.Tensor:
+        """(H, W) float mask of the k-space entries the view sees: V^H V = F^H diag(support) F."""
+        m = torch.zeros(self.full_shape, device=device)
+        m[self._rows, self._cols] = 1
+        return m
+
+    def __repr__(self) -> str:
+        return f"LowResView({self.full_shape} -> {self.view_shape})"
+
     @property
     def amplitude_scale(self) -> float:
         """Factor sqrt(H W / (h w)) by which smooth (band-limited) image amplitudes grow in the view."""
         return (self.full_shape[0] * self.full_shape[1] / (self.view_shape[0] * self.view_shape[1])) ** 0.5
+
+
+# --------------------------------------------------------------------------------------------------
+# View specifications: what a view is, independent of the matrix size it is applied to.
+
+VIEW_KINDS = ("lowres", "acs")
+
+
+def view_shape_for(full_shape: tuple[int, int], fraction: tuple[float, float]) -> tuple[int, int]:
+    """The view's matrix (h, w) = round(fraction * (H, W)), at least 1 and at most (H, W)."""
+    return tuple(min(n, max(1, int(round(n * f)))) for n, f in zip(full_shape, fraction))
+
+
+def parse_view(spec: str) -> tuple[str, float | None]:
+    """``'lowres:0.5'`` -> ('lowres', 0.5) (centre 1/2 x 1/2 of k-space); ``'acs'`` -> ('acs', None)
+    (all rows x the fully sampled centre columns of each training scan's own mask)."""
+    kind, _, arg = str(spec).partition(":")
+    if kind not in VIEW_KINDS:
+        raise ValueError(f"view {spec!r}: kind must be one of {VIEW_KINDS} (e.g. lowres:0.5 or acs)")
+    if kind == "acs":
+        if arg:
+            raise ValueError(f"view {spec!r}: 'acs' takes no argument (its width is the ACS of each mask)")
+        return kind, None
+    try:
+        f = float(arg)
+    except ValueError:
+        raise ValueError(f"view {spec!r}: expected lowres:FRACTION with 0 < FRACTION < 1") from None
+    if not 0 < f < 1:
+        raise ValueError(f"view {spec!r}: fraction must be in (0, 1), got {f}")
+    return kind, f
+
+
+def check_partial_isometry(view: LinearOp, full_shape: tuple[int, int], tol: float = 1e-4,
+                           seed: int = 0) -> float:
+    """Refuse a view that is not a partial isometry: ||V V^H z - z|| / ||z|| <= tol on random z.
+
+    Returns the measured relative error. Raises ``ValueError`` naming the view otherwise (V V^H = I is what
+    makes a view denoiser trained at level sigma valid inside the full model at the same sigma).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.complex(torch.randn(2, *full_shape, generator=g), torch.randn(2, *full_shape, generator=g))
+    z = view(x)
+    z = torch.complex(torch.randn(z.shape, generator=g), torch.randn(z.shape, generator=g))
+    err = float(torch.linalg.vector_norm(view(view.adjoint(z)) - z) / torch.linalg.vector_norm(z))
+    if not err <= tol:
+        raise ValueError(f"{view!r} is not a partial isometry: ||V V^H z - z|| / ||z|| = {err:.3g} > {tol:g}")
+    return err

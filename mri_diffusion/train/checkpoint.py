@@ -65,13 +65,32 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device: str | torch.de
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    net = EDMDenoiser(cfg.net)
+    net = EDMDenoiser(cfg.net) if not cfg.views else _composed_skeleton(path, cfg, ckpt)
     try:
         net.load_state_dict(ckpt["ema" if use_ema else "model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the architecture in its config "
                               f"({str(e).splitlines()[0]})") from None
     return net.to(device).eval(), cfg, ckpt
+
+
+def _composed_skeleton(path: Path, cfg, ckpt: dict):
+    """An untrained ``ViewComposedDenoiser`` shaped like the checkpoint's config (weights loaded after)."""
+    from ..nn import EDMDenoiser
+    from ..nn.composed import ViewComposedDenoiser
+
+    state = ckpt["ema"]
+    views = []
+    for v in cfg.views:
+        if v.fraction is None:
+            raise CheckpointError(f"{path}: view '{v.name}' has no resolved geometry: the views stage did not finish")
+        if not any(k.startswith(f"views.{v.name}.") for k in state):
+            raise CheckpointError(f"{path}: checkpoint lacks the weights of stage 'views/{v.name}'")
+        views.append((v.name, v.fraction, EDMDenoiser(v.config.net)))
+    if cfg.residual and not any(k.startswith("residual.") for k in state):
+        raise CheckpointError(f"{path}: checkpoint lacks the weights of stage 'residual'")
+    shape = tuple((ckpt.get("data") or {}).get("image_shape") or (64, 64))
+    return ViewComposedDenoiser(views, cfg.net if cfg.residual else None, shape)
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:

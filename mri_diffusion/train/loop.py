@@ -109,8 +109,11 @@ def _trim_log(path: Path, last_step: int) -> None:
 
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
           device: torch.device = torch.device("cpu"), progress: bool = True, minutes: float | None = None,
-          tensorboard: bool = True) -> dict:
+          tensorboard: bool = True, model: nn.Module | None = None) -> dict:
     """Train per ``cfg`` on a prepared set; writes ``out_dir/{config.yaml, log.csv, tb/, checkpoint.pt}``.
+
+    ``model``: the denoiser to train (default ``EDMDenoiser(cfg.net)``); view-composed priors pass their
+    ``ViewComposedDenoiser`` (``train.stages``), whose frozen parameters the optimiser leaves alone.
 
     Returns {'step', 'checkpoint', 'losses'} (the per-step mean losses of this process).
     """
@@ -127,9 +130,10 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
                                   "another --out")
         out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
-    denoiser = EDMDenoiser(cfg.net).to(device)
+    denoiser = (EDMDenoiser(cfg.net) if model is None else model).to(device)
     ema = EMA(denoiser, cfg.train.ema_half_life)
-    opt = torch.optim.AdamW(denoiser.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
                             weight_decay=cfg.optim.weight_decay)
     start = 0
     if resume:
@@ -146,7 +150,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
     if dist.main:
         (out_dir / "config.yaml").write_text(cfg.to_yaml())
         _trim_log(out_dir / "log.csv", start)
-    module: nn.Module = LossModule(denoiser, make_loss(cfg.loss, cfg.loss_options, cfg.net.sigma_data))
+    module: nn.Module = LossModule(denoiser, make_loss(cfg.loss, cfg.loss_options, cfg.net.sigma_data,
+                                                       cfg.residual_weight if cfg.views else 0.0))
     if dist.world > 1:
         module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     writer = None
@@ -159,7 +164,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
     losses: list[float] = []
     step = start
     meta = {"data": {"root": str(Path(data_dir).resolve()), "config_hash": data.manifest.get("config_hash"),
-                     "num_slices": len(data)}}
+                     "num_slices": len(data), "image_shape": list(data.image_shape),
+                     "view": data.manifest.get("view")}}
 
     def checkpoint(at_step: int) -> Path:
         state = {"config": cfg.to_dict(), "model": denoiser.state_dict(), "ema": ema.state_dict(),
@@ -194,7 +200,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
             opt.zero_grad(set_to_none=True)
             loss.backward()
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            gnorm = float(torch.nn.utils.clip_grad_norm_(denoiser.parameters(), clip))
+            gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, clip))
             opt.step()
             ema.update(denoiser)
             losses.append(float(loss.detach()))
