@@ -288,7 +288,7 @@ def test_given_noise_std_and_config_helper(tmp_path):
     assert float(it["noise_std"]) == pytest.approx(0.07 / float(it["scale"]), rel=1e-5)
     with pytest.raises(TypeError, match="unknown prep option"):
         prepare_config_from_args(bogus=1)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="lowres:FRACTION"):
         PrepConfig(view="lowres")
     with pytest.raises(ValueError, match="unknown mask type"):
         PrepConfig(mask_type="spiral")

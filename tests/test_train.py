@@ -111,8 +111,8 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(prepared, tmp_path, monkeypatc
 
     real = loop.make_loss
 
-    def poisoned(name, opts, sd):
-        fn = real(name, opts, sd)
+    def poisoned(name, opts, sd, *rest):
+        fn = real(name, opts, sd, *rest)
         calls = {"n": 0}
 
         def f(d, b, g):
