@@ -138,13 +138,15 @@ def simulate(source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, low
 @click.option("--max-slices", type=int, default=None, help="Reconstruct at most this many slices per file.")
 @click.option("--challenge", type=click.Choice(["auto", "multicoil", "singlecoil"]), default="auto",
               show_default=True, help="Refuse files of the other kind.")
+@click.option("--virtual-coils", type=int, default=0, show_default=True,
+              help="SVD-compress scans with more coils to this many virtual coils (0: off); e.g. 8 for 15-coil knees.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_friendly_errors
 def recon(inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples, mask_kind,
           acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices, challenge,
-          device, overwrite, quiet):
+          virtual_coils, device, overwrite, quiet):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, classical_method, run
 
@@ -168,7 +170,7 @@ def recon(inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_
     label = f"diffusion-{attrs['prior']}" if method == "diffusion" else method
     written = run(list(inputs), out_dir, label, fn, spec, dev, overwrite=overwrite, attrs=attrs,
                   max_slices=max_slices, progress=not quiet, expect=None if challenge == "auto" else challenge,
-                  needs_maps=method != "zero-filled")
+                  needs_maps=method != "zero-filled", virtual_coils=virtual_coils or None)
     click.echo(f"wrote {len(written)} file(s) to {out_dir}")
 
 

@@ -20,6 +20,7 @@ import torch
 
 from data_prep.fastmri_h5 import DataError, Volume, iter_kspace, open_volume, write_reconstruction
 from mri_diffusion.physics.calib import estimate_maps
+from mri_diffusion.physics.compress import compress, compression_matrix
 from mri_diffusion.physics.masks import make_sampler, mask_from_file, seed_from
 from mri_diffusion.physics.normalize import acs_scale
 from mri_diffusion.physics.views import centre_slices
@@ -94,8 +95,13 @@ def classical_method(name: str, sense_iters: int = 30, sense_lambda: float = 1e-
 
 
 def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device: torch.device,
-                       max_slices: int | None = None, progress: bool = True, needs_maps: bool = True) -> dict:
-    """Reconstruct every slice of ``vol``. Returns {'reconstruction': (S, h, w) float32, extras, 'mask', ...}."""
+                       max_slices: int | None = None, progress: bool = True, needs_maps: bool = True,
+                       virtual_coils: int | None = None) -> dict:
+    """Reconstruct every slice of ``vol``. Returns {'reconstruction': (S, h, w) float32, extras, 'mask', ...}.
+
+    ``virtual_coils``: SVD-compress multi-coil k-space with more coils than this to this many virtual coils
+    per slice (``physics.compress``) before coil maps and the method; the kept energy share is returned.
+    """
     from tqdm import tqdm
 
     mask, mask_source = volume_mask(vol, spec)
@@ -114,6 +120,10 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
         k = k + 0.0  # no negative zeros (fastMRI apply_mask)
         scale = acs_scale(k, mask)
         k = k / scale
+        if virtual_coils and vol.multicoil and k.shape[0] > virtual_coils:
+            U, kept = compression_matrix(k, mask, virtual_coils)
+            k = compress(k, U)
+            out.setdefault("_kept", []).append(kept)
         maps = estimate_maps(k, mask) if (needs_maps and vol.multicoil) else torch.ones_like(k)
         ctx = {"file": vol.name, "slice": i, "noise_std": slice_noise_std(vol, k, mask, scale)}
         res = method(k, mask, maps, ctx)
@@ -123,7 +133,11 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
         out["reconstruction"].append(centre_crop(img, vol.recon_size))
         for key, v in res.extra.items():
             out.setdefault(key, []).append(centre_crop((v * scale).float().cpu().numpy(), vol.recon_size))
+    kept = out.pop("_kept", None)
     result = {key: np.stack(v).astype(np.float32) for key, v in out.items()}
+    if kept:
+        result["virtual_coils"] = int(virtual_coils)
+        result["coil_energy_kept"] = float(min(kept))
     result["mask"] = mask.reshape(-1).cpu().numpy()
     result["mask_source"] = mask_source
     result["seconds"] = time.perf_counter() - t0
@@ -134,7 +148,7 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
 def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec: MaskSpec,
         device: torch.device, overwrite: bool = False, max_slices: int | None = None, progress: bool = True,
         expect: str | None = None, strict: bool = False, attrs: dict | None = None,
-        needs_maps: bool = True) -> list[Path]:
+        needs_maps: bool = True, virtual_coils: int | None = None) -> list[Path]:
     """Reconstruct files/folders into ``out_dir`` (submission layout + ``<stem>.png``). Returns written files.
 
     Folder mode skips unreadable files with a warning; a single bad file raises ``DataError``.
@@ -156,7 +170,7 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
         try:
             vol = open_volume(f, expect=expect)
             res = reconstruct_volume(vol, method, spec, device, max_slices=max_slices, progress=progress,
-                                     needs_maps=needs_maps)
+                                     needs_maps=needs_maps, virtual_coils=virtual_coils)
         except DataError as e:
             if single or strict:
                 raise
@@ -168,6 +182,9 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
                 else float(vol.attrs.get("acceleration", 0) or 0),
                 "mask_source": res["mask_source"], "mask_type": spec.kind, "seed": spec.seed,
                 "seconds_per_slice": res["seconds"] / max(1, res["num_slices"]), **(attrs or {})}
+        if "virtual_coils" in res:
+            meta["virtual_coils"] = res["virtual_coils"]
+            meta["coil_energy_kept"] = res["coil_energy_kept"]
         if res["num_slices"] < vol.num_slices:
             meta["first_slices"] = res["num_slices"]  # evaluate scores these against the first target slices
         path = write_reconstruction(out_dir / f.name, res["reconstruction"], extra=extra, attrs=meta,
