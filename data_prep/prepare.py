@@ -271,23 +271,8 @@ def _prepare_view_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConf
         maps = estimate_maps(k, ones, calib_rows=cfg.calib_rows)
     except ValueError as e:
         raise DataError(f"{vol.path}: slice {index}: {e} (view k-space {tuple(k.shape)})") from None
-    if cfg.noise_std is not None:
-        noise = cfg.noise_std / scale
-    elif cfg.use_file_noise_std and "noise_std" in vol.attrs:
-        noise = float(vol.attrs["noise_std"]) / scale
-    else:
-        noise = estimate_noise_std(k, ones)
-    row = {"id": f"{vol.name}:{index}", "kspace": k.cpu().numpy(), "mask": ones.cpu().numpy(),
-           "density": np.ones((1, 1, vshape[1]), np.float32), "maps": maps.cpu().numpy(),
-           "noise_std": float(noise), "scale": float(scale)}
-    if with_target:
-        coil = ifft2c(k)
-        row["target"] = torch.sum(maps.conj() * coil, dim=0).cpu().numpy()
-        row["rss"] = torch.sqrt(torch.sum(torch.abs(coil) ** 2, dim=0)).float().cpu().numpy()
-    for key in ("kspace", "maps", "target", "rss"):
-        if key in row and not np.all(np.isfinite(row[key])):
-            raise DataError(f"{vol.path}: slice {index}: '{key}' contains NaN/Inf after preparation")
-    return row
+    return _finish_row(vol, index, cfg, k, ones, np.ones((1, 1, vshape[1]), np.float32), maps, scale,
+                       k if with_target else None)
 
 
 def _prepare_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, density: np.ndarray,
@@ -312,6 +297,12 @@ def _prepare_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, s
     except ValueError as e:
         raise DataError(f"{vol.path}: slice {index}: {e} (k-space {tuple(k.shape)}, mask {cfg.mask_type} "
                         f"R={cfg.acceleration:g})") from None
+    return _finish_row(vol, index, cfg, k, mask, density, maps, scale, k_full / scale if with_target else None)
+
+
+def _finish_row(vol: Volume, index: int, cfg: PrepConfig, k: torch.Tensor, mask: torch.Tensor, density: np.ndarray,
+                maps: torch.Tensor, scale: float, full_k: torch.Tensor | None) -> dict:
+    """Noise level, the shard row, and (``full_k``: fully sampled normalised k-space) the targets; NaN check."""
     if cfg.noise_std is not None:
         noise = cfg.noise_std / scale
     elif cfg.use_file_noise_std and "noise_std" in vol.attrs:
@@ -323,8 +314,8 @@ def _prepare_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, s
                             f"(too few non-zero sampled entries); pass noise_std")
     row = {"id": f"{vol.name}:{index}", "kspace": k.cpu().numpy(), "mask": mask.cpu().numpy(),
            "density": density, "maps": maps.cpu().numpy(), "noise_std": float(noise), "scale": float(scale)}
-    if with_target:
-        coil = ifft2c(k_full / scale)
+    if full_k is not None:
+        coil = ifft2c(full_k)
         row["target"] = torch.sum(maps.conj() * coil, dim=0).cpu().numpy()
         row["rss"] = torch.sqrt(torch.sum(torch.abs(coil) ** 2, dim=0)).float().cpu().numpy()
     for key in ("kspace", "maps", "target", "rss"):
