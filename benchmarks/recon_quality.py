@@ -18,9 +18,8 @@ from pathlib import Path
 import h5py
 import torch
 
-from recon.diffusion import DiffusionRecon, load_prior
 from recon.evaluate import evaluate_dirs
-from recon.experiment import Method, run_methods, tune_l1_lambda
+from recon.experiment import Method, prior_method, run_methods, tune_l1_lambda
 from recon.pipeline import classical_method
 
 
@@ -55,11 +54,7 @@ def main():
                Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]))]
     for item in a.prior:
         name, path = item.split("=", 1)
-        net, cfg, ck = load_prior(path, dev)
-        rec = DiffusionRecon(net, a.sampler, a.steps, a.samples, 0, False, opts)
-        methods.append(Method(f"diffusion-{name}", lambda R, rec=rec: rec,
-                              attrs={"prior": name, "prior_step": int(ck["step"]), "sampler": a.sampler,
-                                     "network_calls_per_sample": rec.calls_per_sample, "samples": a.samples}))
+        methods.append(prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples, opts))
     run_methods(a.data / "multicoil_test", a.out / "recon", methods, Rs, dev, max_slices=a.max_slices)
     res = evaluate_dirs(a.out / "recon", a.data / "multicoil_test", a.out / "eval", overwrite=True)
     real_lines = []

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from recon.diffusion import DiffusionRecon, load_prior
 from recon.evaluate import evaluate_dirs
-from recon.experiment import Method, run_methods
+from recon.experiment import prior_method, run_methods
 
 
 def main():
@@ -46,13 +45,7 @@ def main():
     Rs = [float(r) for r in a.accelerations.split(",")]
     priors = [("a_subset", a.subset), ("b_views_residual", a.views), ("c_full", a.full)]
     priors += [tuple(p.split("=", 1)) for p in a.prior]
-    methods = []
-    for name, path in priors:
-        net, cfg, ck = load_prior(path, dev)
-        rec = DiffusionRecon(net, a.sampler, None, a.samples, 0, False, {})
-        methods.append(Method(name, lambda R, rec=rec: rec,
-                              attrs={"prior": str(path), "prior_step": int(ck["step"]), "sampler": a.sampler,
-                                     "network_calls_per_sample": rec.calls_per_sample, "samples": a.samples}))
+    methods = [prior_method(name, path, dev, a.sampler, None, a.samples) for name, path in priors]
     run_methods(a.data / "multicoil_test", a.out / "recon", methods, Rs, dev, max_slices=a.max_slices)
     res = evaluate_dirs(a.out / "recon", a.data / "multicoil_test", a.out / "eval", overwrite=True)
     g = {(x["method"], float(x["acceleration"])): x for x in res.summary["groups"]}

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from .experiment import Method, run_methods, tune_l1_lambda
+from .experiment import Method, prior_method, run_methods, tune_l1_lambda
 from .pipeline import classical_method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +66,10 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
             _stage(f"train a GSURE prior from undersampled k-space only ({minutes:g} min budget)")
             run_train(cfg, prep, run_dir, resume=ckpt.exists(), device=device, minutes=minutes)
             (run_dir / ".done").touch()
-        methods.append(_prior_method("gsure-demo", ckpt, device, samples))
+        methods.append(prior_method("diffusion-gsure-demo", ckpt, device, samples=samples))
     builtin = ROOT / "mri_diffusion" / "priors" / "builtin.pt"
     if builtin.exists():
-        methods.append(_prior_method("gsure-builtin", builtin, device, samples))
+        methods.append(prior_method("diffusion-gsure-builtin", builtin, device, samples=samples))
     run_methods(data / "multicoil_test", out_dir / "recon", methods, accelerations, device, max_slices=max_slices)
     _stage("evaluate (fastMRI protocol)")
     evaluate_dirs(out_dir / "recon", data / "multicoil_test", out_dir / "eval", protocol="fastmri", overwrite=True,
@@ -78,16 +78,6 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
     _print_table(out_dir / "eval" / "metrics.json")
     click.secho(f"report: {report.resolve()}", fg="green")
     return {"report": report}
-
-
-def _prior_method(name: str, ckpt: Path, device: torch.device, samples: int) -> Method:
-    from .diffusion import DiffusionRecon, load_prior
-
-    net, cfg, ck = load_prior(ckpt, device)
-    rec = DiffusionRecon(net, "cg", None, samples, 0, False, {})
-    return Method(f"diffusion-{name}", lambda R: rec,
-                  attrs={"prior": str(ckpt), "prior_step": int(ck["step"]), "sampler": "cg", "samples": samples,
-                         "network_calls_per_sample": rec.calls_per_sample})
 
 
 def _print_table(metrics_json: Path) -> None:

@@ -67,3 +67,37 @@ def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, gri
     mean = {lam: float(np.mean(v)) for lam, v in scores.items()}
     best = max(mean, key=mean.get)
     return best, mean
+
+
+def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "cg", steps: int | None = None,
+                 samples: int = 4, options: dict | None = None) -> Method:
+    """A ``Method`` that reconstructs by posterior sampling with the prior in ``checkpoint`` (``builtin`` too).
+
+    The output files carry the prior, its training step, the sampler and the number of network calls per
+    posterior sample (the batch of ``samples`` draws shares each call)."""
+    from .diffusion import DiffusionRecon, load_prior
+
+    net, cfg, ck = load_prior(checkpoint, device)
+    rec = DiffusionRecon(net, sampler, steps, samples, 0, False, dict(options or {}))
+    return Method(name, lambda R: rec,
+                  attrs={"prior": str(checkpoint), "prior_step": int(ck["step"]), "sampler": sampler,
+                         "samples": samples, "network_calls_per_sample": rec.calls_per_sample})
+
+
+def machine_line(device: torch.device) -> str:
+    """The machine a measurement ran on, for benchmark records."""
+    import platform
+
+    text = (f"{platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, device {device}")
+    if device.type == "cuda":
+        text += f" ({torch.cuda.get_device_name(device)})"
+    return text
+
+
+def git_commit(root: Path | None = None) -> str:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=root or Path(__file__).resolve().parents[1])
+    return out.stdout.strip() or "unknown"
