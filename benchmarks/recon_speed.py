@@ -134,10 +134,11 @@ def report_15(short, timed, target, dev):
     U, kept = compression_matrix(k15, m15, 8)
     k8 = compress(k15, U)
     print("\n15 coils x 320 x 320, R=4 (synthetic, noise-free; PSNR against the true magnitude):")
-    for label, kk, iters in (("15 coils, 5 CG it.", k15, 5), (f"8 virtual coils ({100 * kept:.2f} % energy), 5 CG it.",
-                             k8, 5), ("8 virtual coils, 3 CG it.", k8, 3)):
+    for label, kk, iters, ref in (("15 coils, 5 CG it.", k15, 5, None),
+                                  (f"8 virtual coils ({100 * kept:.2f} % energy), 5 CG it.", k8, 5, U[0]),
+                                  ("8 virtual coils, 3 CG it.", k8, 3, U[0])):
         t0 = time.perf_counter()
-        maps_e = estimate_maps(kk, m15)
+        maps_e = estimate_maps(kk, m15, phase_ref=ref)
         t_maps = time.perf_counter() - t0
         short.options = {"cg_iters": iters}
         res, total, net_s, calls = run(short, timed, kk, m15, maps_e, ctx, dev)

@@ -120,11 +120,14 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
         k = k + 0.0  # no negative zeros (fastMRI apply_mask)
         scale = acs_scale(k, mask)
         k = k / scale
+        U = None
         if virtual_coils and vol.multicoil and k.shape[0] > virtual_coils:
             U, kept = compression_matrix(k, mask, virtual_coils)
             k = compress(k, U)
             out.setdefault("_kept", []).append(kept)
-        maps = estimate_maps(k, mask) if (needs_maps and vol.multicoil) else torch.ones_like(k)
+        # after compression the maps keep physical coil 0 as phase reference (as in training)
+        maps = (estimate_maps(k, mask, phase_ref=None if U is None else U[0]) if (needs_maps and vol.multicoil)
+                else torch.ones_like(k))
         ctx = {"file": vol.name, "slice": i, "noise_std": slice_noise_std(vol, k, mask, scale)}
         res = method(k, mask, maps, ctx)
         img = (torch.abs(res.image) * scale).float().cpu().numpy()

@@ -82,8 +82,16 @@ class Sense(Compose):
 
     def normal(self, x):
         """A^H A x. For 1-D Cartesian masks (B, 1, 1, W) the readout FFT cancels: F^H M F = I_H (x) F_W^H M_W F_W,
-        so only 1-D FFTs along W are needed (half the FFT work of the 2-D path; CG spends its time here)."""
+        so only 1-D FFTs along W are needed (half the FFT work of the 2-D path; CG spends its time here).
+        The centring shifts are folded into cached copies of the maps and mask (ifftshift commutes with
+        element-wise products), so the coil-sized tensors are never shifted:
+        A^H A x = fftshift_W( sum_c conj(S'_c) F_W^H M' F_W (S'_c ifftshift_W(x)) ), S' = ifftshift_W(S),
+        M' = ifftshift_W(M)."""
         if self.mask.shape[-2] != 1:
             return super().normal(x)
-        z = ifft1c(fft1c(self.maps * x.unsqueeze(-3), -1) * self.mask, -1)
-        return torch.sum(self.maps.conj() * z, dim=-3)
+        if getattr(self, "_shifted", None) is None:
+            self._shifted = (torch.fft.ifftshift(self.maps, dim=-1), torch.fft.ifftshift(self.mask, dim=-1))
+        maps, mask = self._shifted
+        u = maps * torch.fft.ifftshift(x, dim=-1).unsqueeze(-3)
+        z = torch.fft.ifft(torch.fft.fft(u, dim=-1, norm="ortho") * mask, dim=-1, norm="ortho")
+        return torch.fft.fftshift(torch.linalg.vecdot(maps, z, dim=-3), dim=-1)
