@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from recon.evaluate import evaluate_dirs  # noqa: E402
 from recon.experiment import Method, git_commit, machine_line, prior_method, run_methods, tune_l1_lambda  # noqa: E402
 from recon.pipeline import classical_method  # noqa: E402
+from recon.uncertainty import ideal  # noqa: E402
 
 # The default priors and the command that makes each (all on the built-in data, runs/colin27).
 DEFAULT_PRIORS = {
@@ -167,8 +168,13 @@ def main(argv=None):
                            title="mri-diffusion benchmark table: real scans")
         real = group_table(rr.summary, a.out / "recon_real")
     lines = markdown_table(rows, real, order, Rs, a.samples)
-    unc = [f"- {u['method']} R={u['acceleration']}: corr(std, |error|) {u['corr']:.3f}, |error| <= 2 std for "
-           f"{100 * u['within_2std']:.1f} % of pixels" for u in res.summary.get("uncertainty", [])]
+    unc = []
+    for u in res.summary.get("uncertainty", []):
+        ref = ideal(u["samples"]) if (u.get("samples") or 0) >= 2 else None
+        unc.append(f"- {u['method']} R={u['acceleration']}: corr(std, |error|) {u['corr']:.3f}; |error| <= 2 std for "
+                   f"{100 * u['within_2std']:.1f} % of pixels, mean |error| / mean std {u['ratio']:.2f}"
+                   + (f" (a calibrated posterior with {u['samples']} samples: {100 * ref['within_2std']:.1f} %, "
+                      f"{ref['ratio']:.2f})" if ref else ""))
     n_slices = sum(1 for _ in test.glob("*.h5"))
     cmd = "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     text = "\n".join([

@@ -347,6 +347,7 @@ def _score_item(item: _Item, target_dir: Path, protocol: str, target_key: Option
 def _uncertainty(items: Sequence[_Item], target_dir: Path, target_key: Optional[str]) -> list[dict]:
     """Calibration of ``reconstruction_std`` per method and acceleration (pixels pooled over volumes)."""
     groups: dict[tuple, list] = {}
+    samples: dict[tuple, int] = {}
     for it in items:
         pred, std = _read_pred(it.path)
         if std is None or std.shape != pred.shape:
@@ -358,7 +359,11 @@ def _uncertainty(items: Sequence[_Item], target_dir: Path, target_key: Optional[
         if not (np.all(np.isfinite(pred_c)) and np.all(np.isfinite(std_c))) or not np.any(std_c > 0):
             continue  # one posterior sample (std 0) says nothing about calibration
         groups.setdefault((it.method, it.acceleration), []).append((gt_c, pred_c, std_c))
-    rows = [{"method": m, "acceleration": a, **uncertainty.pooled(v)} for (m, a), v in sorted(groups.items(), key=str)]
+        with h5py.File(it.path, "r") as f:
+            if "samples" in f.attrs:
+                samples[(it.method, it.acceleration)] = int(f.attrs["samples"])
+    rows = [{"method": m, "acceleration": a, **uncertainty.pooled(v), "samples": samples.get((m, a))}
+            for (m, a), v in sorted(groups.items(), key=str)]
     return [{k: _nan_to_none(v) for k, v in r.items()} for r in rows]
 
 
