@@ -20,6 +20,12 @@ from .pipeline import SliceResult
 from .samplers.common import NoiseSource, default_sigmas, derive_seed, get_sampler, network_calls
 
 
+# Scans with more coils are SVD-compressed to this many virtual coils before posterior sampling by default
+# (mridiff recon --virtual-coils auto, the benchmark table): 15 coils x 320^2 spent 51 % of the sampler's time
+# outside the network with all coils, 21 % with 8 virtual coils, for -0.10 dB (BENCHMARKS.md, Speed).
+DEFAULT_VIRTUAL_COILS = 8
+
+
 @dataclass
 class DiffusionRecon:
     """A ``SliceMethod`` running sampler ``sampler`` with ``steps`` noise levels and ``samples`` draws."""

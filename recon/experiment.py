@@ -26,6 +26,7 @@ class Method:
     make: Callable[[float], SliceMethod]  # acceleration -> slice method
     needs_maps: bool = True
     attrs: dict = field(default_factory=dict)
+    virtual_coils: int | None = None  # SVD-compress scans with more coils to this many (None: off)
 
 
 def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerations: list[float],
@@ -40,7 +41,8 @@ def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerat
                 continue
             click.secho(f"==> reconstruct {test_dir.name}: {m.name}, R={R:g}", fg="cyan", err=True)
             run([test_dir], dest, m.name, m.make(R), MaskSpec(mask_kind, R, None, seed), device, overwrite=True,
-                max_slices=max_slices, progress=progress, needs_maps=m.needs_maps, attrs=m.attrs)
+                max_slices=max_slices, progress=progress, needs_maps=m.needs_maps, attrs=m.attrs,
+                virtual_coils=m.virtual_coils)
             (dest / ".done").touch()
     return out_root
 
@@ -75,13 +77,14 @@ def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "cg
 
     The output files carry the prior, its training step, the sampler and the number of network calls per
     posterior sample (the batch of ``samples`` draws shares each call)."""
-    from .diffusion import DiffusionRecon, load_prior
+    from .diffusion import DEFAULT_VIRTUAL_COILS, DiffusionRecon, load_prior
 
     net, cfg, ck = load_prior(checkpoint, device)
     rec = DiffusionRecon(net, sampler, steps, samples, 0, False, dict(options or {}))
     return Method(name, lambda R: rec,
                   attrs={"prior": str(checkpoint), "prior_step": int(ck["step"]), "sampler": sampler,
-                         "samples": samples, "network_calls_per_sample": rec.calls_per_sample})
+                         "samples": samples, "network_calls_per_sample": rec.calls_per_sample},
+                  virtual_coils=DEFAULT_VIRTUAL_COILS)
 
 
 def machine_line(device: torch.device) -> str:

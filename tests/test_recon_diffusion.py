@@ -97,3 +97,21 @@ def test_recon_diffusion_single_coil_and_other_size(tiny_prior, tmp_path):
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "o" / "sc.h5") as h:
         assert h["reconstruction"].shape == (2, 52, 36) and np.all(np.isfinite(h["reconstruction"][()]))
+
+
+def test_diffusion_compresses_many_coils_by_default(tiny_prior, tmp_path):
+    """--virtual-coils auto: 8 virtual coils for diffusion on a 10-coil scan, all coils for SENSE; a bad value is
+    a clear error."""
+    ckpt, _ = tiny_prior
+    f = write_multicoil(tmp_path / "ten.h5", slices=1, coils=10, h=40, w=48, noise=0.01)
+    base = [str(f), "-R", "3", "--center-fraction", "0.2", "--quiet"]
+    r = CliRunner().invoke(main, ["recon", *base, "--out", str(tmp_path / "d"), "--method", "diffusion",
+                                  "--checkpoint", str(ckpt), "--steps", "3", "--samples", "2"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["recon", *base, "--out", str(tmp_path / "s"), "--method", "sense"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "d" / "ten.h5") as d, h5py.File(tmp_path / "s" / "ten.h5") as s:
+        assert d.attrs["virtual_coils"] == 8 and 0.9 < d.attrs["coil_energy_kept"] <= 1.0
+        assert "virtual_coils" not in s.attrs
+    r = CliRunner().invoke(main, ["recon", *base, "--out", str(tmp_path / "x"), "--virtual-coils", "many"])
+    assert r.exit_code != 0 and "--virtual-coils" in r.output
