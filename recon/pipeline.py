@@ -96,25 +96,48 @@ def classical_method(name: str, sense_iters: int = 30, sense_lambda: float = 1e-
 
 def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device: torch.device,
                        max_slices: int | None = None, progress: bool = True, needs_maps: bool = True,
-                       virtual_coils: int | None = None) -> dict:
+                       virtual_coils: int | None = None, batch_slices: int = 1) -> dict:
     """Reconstruct every slice of ``vol``. Returns {'reconstruction': (S, h, w) float32, extras, 'mask', ...}.
 
     ``virtual_coils``: SVD-compress multi-coil k-space with more coils than this to this many virtual coils
     per slice (``physics.compress``) before coil maps and the method; the kept energy share is returned.
+    ``batch_slices``: methods with a ``batch`` attribute (posterior sampling) get this many slices at once
+    (on a GPU, slices x samples fill the device; results are the same as slice by slice).
     """
     from tqdm import tqdm
 
+    if batch_slices < 1:
+        raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
     mask, mask_source = volume_mask(vol, spec)
     mask = mask.to(device)
-    out: dict[str, list] = {"reconstruction": []}
     n = vol.num_slices if max_slices is None else min(vol.num_slices, max_slices)
+    recs: list = [None] * n
+    extras: dict[str, list] = {}
+    kept: list[float] = []
+    pending: list[tuple] = []  # (slice index, scale, (k, mask, maps, ctx))
+    batched = batch_slices > 1 and hasattr(method, "batch")
+
+    def flush():
+        if not pending:
+            return
+        items = [it for _, _, it in pending]
+        results = method.batch(items) if batched else [method(*it) for it in items]
+        for (i, scale, _), res in zip(pending, results):
+            img = (torch.abs(res.image) * scale).float().cpu().numpy()
+            if not np.all(np.isfinite(img)):
+                raise DataError(f"{vol.path}: slice {i} reconstruction contains NaN/Inf; nothing written for this file")
+            recs[i] = centre_crop(img, vol.recon_size)
+            for key, v in res.extra.items():
+                extras.setdefault(key, [None] * n)[i] = centre_crop((v * scale).float().cpu().numpy(), vol.recon_size)
+        pending.clear()
+
     t0 = time.perf_counter()
     bar = tqdm(iter_kspace(vol, n), total=n, desc=vol.name, unit="slice", disable=not progress, leave=False)
     for i, k_np in bar:
         k = torch.from_numpy(k_np).to(device)
         if not torch.any(k != 0):
             warnings.warn(f"{vol.path}: slice {i} is all zero; writing zeros")
-            out["reconstruction"].append(np.zeros(vol.recon_size, np.float32))
+            recs[i] = np.zeros(vol.recon_size, np.float32)
             continue
         k = k * mask  # retrospective undersampling (a no-op for test files, which are already masked)
         k = k + 0.0  # no negative zeros (fastMRI apply_mask)
@@ -122,22 +145,21 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
         k = k / scale
         U = None
         if virtual_coils and vol.multicoil and k.shape[0] > virtual_coils:
-            U, kept = compression_matrix(k, mask, virtual_coils)
+            U, share = compression_matrix(k, mask, virtual_coils)
             k = compress(k, U)
-            out.setdefault("_kept", []).append(kept)
+            kept.append(share)
         # after compression the maps keep physical coil 0 as phase reference (as in training)
         maps = (estimate_maps(k, mask, phase_ref=None if U is None else U[0]) if (needs_maps and vol.multicoil)
                 else torch.ones_like(k))
         ctx = {"file": vol.name, "slice": i, "noise_std": slice_noise_std(vol, k, mask, scale)}
-        res = method(k, mask, maps, ctx)
-        img = (torch.abs(res.image) * scale).float().cpu().numpy()
-        if not np.all(np.isfinite(img)):
-            raise DataError(f"{vol.path}: slice {i} reconstruction contains NaN/Inf; nothing written for this file")
-        out["reconstruction"].append(centre_crop(img, vol.recon_size))
-        for key, v in res.extra.items():
-            out.setdefault(key, []).append(centre_crop((v * scale).float().cpu().numpy(), vol.recon_size))
-    kept = out.pop("_kept", None)
-    result = {key: np.stack(v).astype(np.float32) for key, v in out.items()}
+        pending.append((i, scale, (k, mask, maps, ctx)))
+        if len(pending) >= (batch_slices if batched else 1):
+            flush()
+    flush()
+    result = {"reconstruction": np.stack(recs).astype(np.float32)}
+    for key, vals in extras.items():  # all-zero slices have no extras: zeros shaped like the others
+        like = next(v for v in vals if v is not None)
+        result[key] = np.stack([np.zeros_like(like) if v is None else v for v in vals]).astype(np.float32)
     if kept:
         result["virtual_coils"] = int(virtual_coils)
         result["coil_energy_kept"] = float(min(kept))
@@ -151,7 +173,7 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
 def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec: MaskSpec,
         device: torch.device, overwrite: bool = False, max_slices: int | None = None, progress: bool = True,
         expect: str | None = None, strict: bool = False, attrs: dict | None = None,
-        needs_maps: bool = True, virtual_coils: int | None = None) -> list[Path]:
+        needs_maps: bool = True, virtual_coils: int | None = None, batch_slices: int = 1) -> list[Path]:
     """Reconstruct files/folders into ``out_dir`` (submission layout + ``<stem>.png``). Returns written files.
 
     Folder mode skips unreadable files with a warning; a single bad file raises ``DataError``.
@@ -173,7 +195,8 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
         try:
             vol = open_volume(f, expect=expect)
             res = reconstruct_volume(vol, method, spec, device, max_slices=max_slices, progress=progress,
-                                     needs_maps=needs_maps, virtual_coils=virtual_coils)
+                                     needs_maps=needs_maps, virtual_coils=virtual_coils,
+                                     batch_slices=batch_slices)
         except DataError as e:
             if single or strict:
                 raise
