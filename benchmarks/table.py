@@ -182,11 +182,11 @@ def main(argv=None):
         "",
         f"Machine: {machine_line(dev)}. Command: `{cmd}`",
         "",
-        f"{res.summary.get('protocol_text', 'fastMRI protocol')}. Built-in test block: {n_slices} volumes of {test}"
+        f"{res.summary.get('protocol_text', 'fastMRI protocol').rstrip('.')}. Built-in test block: {n_slices} volumes of {test}"
         f"{f' (first {a.max_slices} slice(s) each)' if a.max_slices else ''}; 1-D random masks (seeded per file, the "
         f"same for every method); sampler {a.sampler}, {a.samples} posterior samples per slice run as one batch "
         f"(network calls count calls of that batched network). Priors: "
-        + ", ".join(f"{n} = {p}" for n, p in priors) + "."
+        + ", ".join(f"{n} = {p if p == 'builtin' else os.path.relpath(p, ROOT)}" for n, p in priors) + "."
         + (f" Real column group: {a.real}, priors trained on the built-in data only." if a.real else ""),
         "",
         *lines,
