@@ -447,17 +447,33 @@ def _build_panels(items: Sequence[_Item], target_dir: Path, target_key: Optional
         if not 0 <= s < n:
             raise EvaluationError(f"panel slice {s} out of range for {file} ({n} slices)")
     lookup = {(r["method"], r["acceleration"], r["file"], r["slice"]): r for r in slice_rows}
+    accs = sorted({it.acceleration for it, _, _ in recs}, key=_acc_sort)
     panels = []
     for s in chosen:
-        row = []
-        for it, pred_c, std_c in recs:
-            r = lookup.get((it.method, it.acceleration, file, s), {})
-            note = (f"slice PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}"
-                    if r.get("valid") and r.get("psnr") is not None else "")
-            row.append({"label": it.label, "image": pred_c[s],
-                        "std": None if std_c is None else std_c[s], "note": note})
-        panels.append({"file": file, "slice": s, "target": gt_c[s], "vmax": vmax, "recons": row})
+        for acc in accs:  # one figure per acceleration: the methods side by side on the same mask
+            row, mask = [], None
+            for it, pred_c, std_c in recs:
+                if it.acceleration != acc:
+                    continue
+                r = lookup.get((it.method, it.acceleration, file, s), {})
+                note = (f"slice PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}"
+                        if r.get("valid") and r.get("psnr") is not None else "")
+                row.append({"label": it.label, "image": pred_c[s],
+                            "std": None if std_c is None else std_c[s], "note": note})
+                if mask is None:
+                    mask = _read_mask(it.path)
+            panels.append({"file": file, "slice": s, "target": gt_c[s], "vmax": vmax, "recons": row,
+                           "title": "" if acc is None else f"R = {float(acc):g}", "mask": mask})
     return panels
+
+
+def _read_mask(path: Path) -> Optional[np.ndarray]:
+    """The 1-D sampling mask a reconstruction file records (``mask``), if any."""
+    with h5py.File(path, "r") as f:
+        if "mask" not in f:
+            return None
+        m = np.asarray(f["mask"][()]).reshape(-1)
+    return m.astype(np.float32) if m.size > 1 else None
 
 
 # ------------------------------------------------------------------- writing

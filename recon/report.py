@@ -15,7 +15,7 @@ Reusable helpers for other report sections:
 * :func:`img_tag`, :func:`html_table` -- small HTML builders;
 * :func:`atomic_write_text` -- write a file via a temp name + ``os.replace``.
 
-Panel format accepted by :func:`write_report` (one dict per displayed slice)::
+Panel format accepted by :func:`write_report` (one dict per displayed slice and acceleration)::
 
     {
         "file": "file1000.h5", "slice": 7,
@@ -28,6 +28,8 @@ Panel format accepted by :func:`write_report` (one dict per displayed slice)::
         ],
         "err_vmax": float,   # optional; default: largest 99.5th percentile
                              # of |recon - target| over the methods in the row
+        "title": "R = 4",    # optional, appended to the caption (evaluate: one panel per acceleration)
+        "mask": (W,) array,  # optional 1-D sampling mask, shown below the target
     }
 """
 
@@ -76,8 +78,9 @@ td.l,th.l{text-align:left}
 tr.invalid td{color:#a33;background:#fff3f3}
 figure{margin:1em 0 2em 0}
 table.panel td,table.panel th{border:none;text-align:center;vertical-align:top;padding:.2em}
-table.panel img{width:200px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
-table.panel .cap{font-size:.8em;color:#444;max-width:200px}
+table.panel img{width:170px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
+table.panel .cap{font-size:.8em;color:#444;max-width:170px}
+figure{overflow-x:auto;margin:1em 0}
 .cbar img{width:160px;height:10px;vertical-align:middle;image-rendering:auto}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}
 .small{font-size:.85em;color:#555}
@@ -282,7 +285,14 @@ def panel_html(panel: Mapping[str, Any]) -> str:
     img_row = ('<tr><th class="l">image</th>' + _cell(target, 0, vmax, IMAGE_CMAP, "target")
                + "".join(_cell(np.asarray(r["image"], dtype=np.float64), 0, vmax, IMAGE_CMAP,
                                r.get("note") or l) for r, l in zip(recons, labels)) + "</tr>")
-    err_row = ('<tr><th class="l">|recon &minus; target|</th><td></td>' + "".join(
+    mask = panel.get("mask")
+    mask_cell = "<td></td>"
+    if mask is not None:
+        m = np.asarray(mask, dtype=np.float64).reshape(-1)
+        lines = int(np.count_nonzero(m))
+        mask_cell = _cell(np.tile(m, (target.shape[-2], 1)), 0, 1, IMAGE_CMAP,
+                          f"sampling mask: {lines} of {m.size} k-space columns ({100 * lines / m.size:.1f} %)")
+    err_row = ('<tr><th class="l">|recon &minus; target|</th>' + mask_cell + "".join(
         _cell(np.abs(np.asarray(r["image"], dtype=np.float64) - target), 0, err_vmax, ERROR_CMAP,
               "|error| " + l) for r, l in zip(recons, labels)) + "</tr>")
     rows = [head, img_row, err_row]
@@ -290,7 +300,7 @@ def panel_html(panel: Mapping[str, Any]) -> str:
         rows.append('<tr><th class="l">posterior std</th><td></td>' + "".join(
             _cell(None if r.get("std") is None else np.asarray(r["std"], dtype=np.float64),
                   0, err_vmax, ERROR_CMAP, "std " + l) for r, l in zip(recons, labels)) + "</tr>")
-    name = f"{panel.get('file', '')} slice {panel.get('slice', '')}"
+    name = f"{panel.get('file', '')} slice {panel.get('slice', '')}" + (f", {panel['title']}" if panel.get("title") else "")
     pct = 100.0 * err_vmax / vmax if vmax else float("nan")
     how = ("given" if panel.get("err_vmax") is not None
            else f"the largest {ERROR_PERCENTILE:g}th percentile of the methods' absolute errors")

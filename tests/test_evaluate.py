@@ -243,3 +243,25 @@ def test_image_helpers():
     fig = Figure(figsize=(1, 1))
     fig.add_subplot().plot([0, 1])
     assert png_data_uri(fig).startswith("data:image/png;base64,iVBOR")
+
+
+def test_report_has_one_panel_per_acceleration_with_its_mask(data, tmp_path):
+    """Methods at 4x and 8x: one panel figure per acceleration, each with the sampling mask its files recorded."""
+    name = sorted(TARGETS)[0]
+    gt = data["gts"][name]
+    W = gt.shape[-1]
+    masks = {4: np.zeros(W, bool), 8: np.zeros(W, bool)}
+    masks[4][::4] = True
+    masks[8][::8] = True
+    pdir = tmp_path / "p2"
+    for R in (4, 8):
+        (pdir / f"sense_R{R}").mkdir(parents=True)
+        _write_pred(pdir / f"sense_R{R}" / name, gt * (1 - 0.01 * R), method="sense", acceleration=R)
+        with h5py.File(pdir / f"sense_R{R}" / name, "a") as f:
+            f["mask"] = masks[R]
+    evaluate_dirs(pdir, data["tdir"], tmp_path / "e2")
+    html = (tmp_path / "e2" / "report.html").read_text()
+    assert html.count("<figure>") == 2 and f"{name} slice" in html
+    for R in (4, 8):
+        n = int(masks[R].sum())
+        assert f"R = {R}" in html and f"sampling mask: {n} of {W} k-space columns" in html
