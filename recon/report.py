@@ -76,11 +76,10 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#eef1f4}
 td.l,th.l{text-align:left}
 tr.invalid td{color:#a33;background:#fff3f3}
-figure{margin:1em 0 2em 0}
 table.panel td,table.panel th{border:none;text-align:center;vertical-align:top;padding:.2em}
 table.panel img{width:170px;height:auto;image-rendering:pixelated;border:1px solid #ddd}
 table.panel .cap{font-size:.8em;color:#444;max-width:170px}
-figure{overflow-x:auto;margin:1em 0}
+figure{overflow-x:auto;margin:1em 0 2em 0}
 .cbar img{width:160px;height:10px;vertical-align:middle;image-rendering:auto}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}
 .small{font-size:.85em;color:#555}
