@@ -67,8 +67,10 @@ def parse_priors(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def group_table(summary: dict, recon_root: Path) -> dict[tuple[str, float], dict]:
-    """(method, R) -> metrics (mean, two_std) with the calls and seconds per slice read from the outputs."""
+def group_table(summary: dict, recon_root: Path, made_at: set | None = None) -> dict[tuple[str, float], dict]:
+    """(method, R) -> metrics (mean, two_std) with the calls and seconds per slice read from the outputs;
+    ``made_at`` collects the code commits the reconstruction files record."""
+    made_at = set() if made_at is None else made_at
     rows = {}
     for g in summary["groups"]:
         R = float(g["acceleration"])
@@ -79,6 +81,7 @@ def group_table(summary: dict, recon_root: Path) -> dict[tuple[str, float], dict
             with h5py.File(f) as h:
                 calls = int(h.attrs.get("network_calls_per_sample", 0))
                 secs += float(h.attrs.get("seconds_per_slice", math.nan)) / len(files)
+                made_at.add(str(h.attrs.get("code_commit", "unrecorded")))
         rows[(g["method"], R)] = {"psnr": g["psnr"], "ssim": g["ssim"], "nmse": g["nmse"], "calls": calls,
                                   "s_per_slice": secs}
     return rows
@@ -114,7 +117,8 @@ def write_section(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else ""
     block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
     if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):].lstrip("\n")
+        rest = old[old.index(END) + len(END):].lstrip("\n")
+        new = old[:old.index(BEGIN)] + block + ("\n" + rest if rest else "")
     else:
         new = block + ("\n" + old if old else "")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -160,13 +164,14 @@ def main(argv=None):
     run_methods(test, a.out / "recon", methods, Rs, dev, max_slices=a.max_slices)
     res = evaluate_dirs(a.out / "recon", test, a.out / "eval", overwrite=True,
                         title="mri-diffusion benchmark table: built-in test block")
-    rows = group_table(res.summary, a.out / "recon")
+    made_at: set[str] = set()
+    rows = group_table(res.summary, a.out / "recon", made_at)
     real = None
     if a.real is not None:
         run_methods(a.real, a.out / "recon_real", methods, Rs, dev, max_slices=a.max_slices)
         rr = evaluate_dirs(a.out / "recon_real", a.real, a.out / "eval_real", overwrite=True,
                            title="mri-diffusion benchmark table: real scans")
-        real = group_table(rr.summary, a.out / "recon_real")
+        real = group_table(rr.summary, a.out / "recon_real", made_at)
     lines = markdown_table(rows, real, order, Rs, a.samples)
     unc = []
     for u in res.summary.get("uncertainty", []):
@@ -180,7 +185,8 @@ def main(argv=None):
     text = "\n".join([
         f"## Benchmark table ({datetime.date.today()}, commit {git_commit()}{', QUICK variant' if a.quick else ''})",
         "",
-        f"Machine: {machine_line(dev)}. Command: `{cmd}`",
+        f"Machine: {machine_line(dev)}. Command: `{cmd}`. Reconstructions made at commit(s) "
+        f"{', '.join(sorted(made_at))} (finished methods in OUT are reused).",
         "",
         f"{res.summary.get('protocol_text', 'fastMRI protocol').rstrip('.')}. Built-in test block: {n_slices} volumes of {test}"
         f"{f' (first {a.max_slices} slice(s) each)' if a.max_slices else ''}; 1-D random masks (seeded per file, the "

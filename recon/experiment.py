@@ -32,7 +32,10 @@ class Method:
 def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerations: list[float],
                 device: torch.device, mask_kind: str = "random", seed: int = 0, max_slices: int | None = None,
                 progress: bool = True, reuse: bool = True) -> Path:
-    """Reconstruct ``test_dir`` with every method at every acceleration into out_root/<method>_R<R>/."""
+    """Reconstruct ``test_dir`` with every method at every acceleration into out_root/<method>_R<R>/.
+
+    Each file records the code commit it was made at (``code_commit``), since finished methods are reused."""
+    commit = git_commit()
     for R in accelerations:
         for m in methods:
             dest = out_root / f"{m.name}_R{R:g}"
@@ -41,7 +44,8 @@ def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerat
                 continue
             click.secho(f"==> reconstruct {test_dir.name}: {m.name}, R={R:g}", fg="cyan", err=True)
             run([test_dir], dest, m.name, m.make(R), MaskSpec(mask_kind, R, None, seed), device, overwrite=True,
-                max_slices=max_slices, progress=progress, needs_maps=m.needs_maps, attrs=m.attrs,
+                max_slices=max_slices, progress=progress, needs_maps=m.needs_maps,
+                attrs={**m.attrs, "code_commit": commit},
                 virtual_coils=m.virtual_coils)
             (dest / ".done").touch()
     return out_root

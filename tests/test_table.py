@@ -13,6 +13,8 @@ import pytest
 
 from .test_simulate import _nifti
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,9 +49,21 @@ def test_quick_table(tmp_path):
     assert rows[("zero-filled", 4.0)]["psnr"]["mean"] == pytest.approx(float(np.mean(vals)), abs=1e-6)
     text = md.read_text()
     assert text.count("<!-- benchmark-table:begin -->") == 1 and "## Other section\nkept" in text
+    assert "Reconstructions made at commit(s)" in text and "unrecorded" not in text
     for m in methods:
         assert re.search(rf"\| {re.escape(m)} \| 4 \| -?\d+\.\d\d", text), m
     # Running again replaces the section rather than adding a second one (finished methods are reused).
     table.main(args)
     text2 = md.read_text()
     assert text2.count("<!-- benchmark-table:begin -->") == 1 and "## Other section\nkept" in text2
+
+
+def test_write_section_keeps_the_rest(tmp_path):
+    import table
+
+    md = tmp_path / "B.md"
+    table.write_section(md, "## T\none")
+    md.write_text(md.read_text() + "\n## After\nkept\n")
+    table.write_section(md, "## T\ntwo")
+    text = md.read_text()
+    assert text.startswith("<!-- benchmark-table:begin -->\n## T\ntwo\n<!-- benchmark-table:end -->\n\n## After\nkept")
