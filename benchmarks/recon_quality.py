@@ -51,7 +51,8 @@ def main():
         print(f"L1-wavelet weight at R={R:g} tuned on validation: {lams[R]:g}  (val PSNR {scores})")
     methods = [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
                Method("sense", lambda R: classical_method("sense")),
-               Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]))]
+               Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
+                      settings=lambda R: {"l1_lambda": lams[R]})]
     for item in a.prior:
         name, path = item.split("=", 1)
         methods.append(prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples, opts))

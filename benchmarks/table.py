@@ -87,9 +87,13 @@ def group_table(summary: dict, recon_root: Path, made_at: set | None = None) -> 
     return rows
 
 
+def _num(x, spec: str) -> str:
+    return "n/a" if x is None else f"{x:{spec}}"
+
+
 def _pm(stat: dict, spec: str) -> str:
     two = stat.get("two_std")
-    return f"{stat['mean']:{spec}} +- {two:{spec}}" if two is not None else f"{stat['mean']:{spec}}"
+    return _num(stat.get("mean"), spec) + (f" +- {two:{spec}}" if two is not None else "")
 
 
 def markdown_table(rows: dict, real: dict | None, order: list[str], Rs: list[float], samples: int) -> list[str]:
@@ -101,13 +105,16 @@ def markdown_table(rows: dict, real: dict | None, order: list[str], Rs: list[flo
     lines = [head, rule]
     for R in Rs:
         for m in order:
+            if (m, R) not in rows:
+                continue
             r = rows[(m, R)]
             calls = f"{r['calls']} (x{samples} samples batched)" if r["calls"] else "0"
             line = (f"| {m} | {R:g} | {_pm(r['psnr'], '.2f')} | {_pm(r['ssim'], '.4f')} | {_pm(r['nmse'], '.4f')} | "
                     f"{calls} | {r['s_per_slice']:.2f} |")
             if real is not None:
-                q = real[(m, R)]
-                line += f" {q['psnr']['mean']:.2f} | {q['ssim']['mean']:.4f} | {q['nmse']['mean']:.4f} |"
+                q = real.get((m, R))
+                line += (" n/a | n/a | n/a |" if q is None else f" {_num(q['psnr']['mean'], '.2f')} | "
+                         f"{_num(q['ssim']['mean'], '.4f')} | {_num(q['nmse']['mean'], '.4f')} |")
             lines.append(line)
     return lines
 
@@ -148,7 +155,7 @@ def main(argv=None):
         raise SystemExit("error: --device cuda but no CUDA GPU is available")
     Rs = [float(r) for r in a.accelerations.split(",")]
     if a.quick:
-        a.max_slices, a.samples = 1, min(a.samples, 2)
+        a.max_slices, a.samples = a.max_slices or 1, min(a.samples, 2)
     priors = parse_priors(a.prior)
     grid = (1e-3, 3e-3) if a.quick else (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
     lams = {}
@@ -157,7 +164,8 @@ def main(argv=None):
         print(f"L1-wavelet weight at R={R:g} tuned on validation: {lams[R]:g}  (val PSNR {scores})", file=sys.stderr)
     methods = [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
                Method("sense", lambda R: classical_method("sense")),
-               Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]))]
+               Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
+                      settings=lambda R: {"l1_lambda": lams[R]})]
     methods += [prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples) for name, path in priors]
     order = [m.name for m in methods]
     test = a.data / "multicoil_test"
@@ -176,12 +184,13 @@ def main(argv=None):
     unc = []
     for u in res.summary.get("uncertainty", []):
         ref = ideal(u["samples"]) if (u.get("samples") or 0) >= 2 else None
-        unc.append(f"- {u['method']} R={u['acceleration']}: corr(std, |error|) {u['corr']:.3f}; |error| <= 2 std for "
-                   f"{100 * u['within_2std']:.1f} % of pixels, mean |error| / mean std {u['ratio']:.2f}"
+        unc.append(f"- {u['method']} R={u['acceleration']}: corr(std, |error|) {_num(u['corr'], '.3f')}; |error| <= 2 "
+                   f"std for {100 * u['within_2std']:.1f} % of pixels, mean |error| / mean std {_num(u['ratio'], '.2f')}"
                    + (f" (a calibrated posterior with {u['samples']} samples: {100 * ref['within_2std']:.1f} %, "
                       f"{ref['ratio']:.2f})" if ref else ""))
     n_slices = sum(1 for _ in test.glob("*.h5"))
-    cmd = "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    args = sys.argv[1:] if argv is None else list(argv)
+    cmd = "python " + " ".join(shlex.quote(x) for x in ["benchmarks/table.py", *args])
     text = "\n".join([
         f"## Benchmark table ({datetime.date.today()}, commit {git_commit()}{', QUICK variant' if a.quick else ''})",
         "",

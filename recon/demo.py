@@ -51,7 +51,8 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
     for R in accelerations:
         lams[R], _ = tune_l1_lambda(data / "multicoil_val", R, device, grid=l1_grid, max_slices=1)
         _stage(f"L1-wavelet weight at R={R:g} (tuned on validation slices): {lams[R]:g}")
-    methods.append(Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R])))
+    methods.append(Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
+                      settings=lambda R: {"l1_lambda": lams[R]}))
     if train:
         prep = out_dir / "prep_r4"
         if not (prep / "manifest.json").exists():

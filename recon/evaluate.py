@@ -451,7 +451,7 @@ def _build_panels(items: Sequence[_Item], target_dir: Path, target_key: Optional
     panels = []
     for s in chosen:
         for acc in accs:  # one figure per acceleration: the methods side by side on the same mask
-            row, mask = [], None
+            row, masks = [], []
             for it, pred_c, std_c in recs:
                 if it.acceleration != acc:
                     continue
@@ -460,20 +460,23 @@ def _build_panels(items: Sequence[_Item], target_dir: Path, target_key: Optional
                         if r.get("valid") and r.get("psnr") is not None else "")
                 row.append({"label": it.label, "image": pred_c[s],
                             "std": None if std_c is None else std_c[s], "note": note})
-                if mask is None:
-                    mask = _read_mask(it.path)
+                masks.append((it.label, _read_mask(it.path)))
+            known = [(lab, m) for lab, m in masks if m is not None]
+            mask = known[0][1] if known else None
+            differ = any(m.shape != mask.shape or not np.array_equal(m, mask) for _, m in known[1:])
             panels.append({"file": file, "slice": s, "target": gt_c[s], "vmax": vmax, "recons": row,
-                           "title": "" if acc is None else f"R = {float(acc):g}", "mask": mask})
+                           "title": "" if acc is None else f"R = {float(acc):g}", "mask": mask,
+                           "mask_note": f"masks differ between methods; shown: {known[0][0]}'s" if differ else ""})
     return panels
 
 
 def _read_mask(path: Path) -> Optional[np.ndarray]:
-    """The 1-D sampling mask a reconstruction file records (``mask``), if any."""
+    """The sampling mask a reconstruction file records (``mask``: (W,) or (H, W)), if any."""
     with h5py.File(path, "r") as f:
         if "mask" not in f:
             return None
-        m = np.asarray(f["mask"][()]).reshape(-1)
-    return m.astype(np.float32) if m.size > 1 else None
+        m = np.squeeze(np.asarray(f["mask"][()]))
+    return m.astype(np.float32) if m.ndim in (1, 2) and m.size > 1 else None
 
 
 # ------------------------------------------------------------------- writing

@@ -27,6 +27,7 @@ class Method:
     needs_maps: bool = True
     attrs: dict = field(default_factory=dict)
     virtual_coils: int | None = None  # SVD-compress scans with more coils to this many (None: off)
+    settings: Callable[[float], dict] | None = None  # acceleration -> per-R settings (e.g. the tuned L1 weight)
 
 
 def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerations: list[float],
@@ -34,20 +35,28 @@ def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerat
                 progress: bool = True, reuse: bool = True) -> Path:
     """Reconstruct ``test_dir`` with every method at every acceleration into out_root/<method>_R<R>/.
 
-    Each file records the code commit it was made at (``code_commit``), since finished methods are reused."""
+    A finished folder is reused only when its ``.done`` holds the same settings (method attrs and per-R
+    settings, data folder, masks, slices, virtual coils); otherwise it is redone. Each file records the code
+    commit it was made at (``code_commit``)."""
+    import json
+
     commit = git_commit()
     for R in accelerations:
         for m in methods:
             dest = out_root / f"{m.name}_R{R:g}"
-            if reuse and (dest / ".done").exists():
+            extra = m.settings(R) if m.settings else {}
+            fingerprint = json.dumps({"data": str(Path(test_dir).resolve()), "R": R, "mask": mask_kind, "seed": seed,
+                                      "max_slices": max_slices, "virtual_coils": m.virtual_coils,
+                                      "attrs": m.attrs, "settings": extra}, sort_keys=True, default=str)
+            done = dest / ".done"
+            if reuse and done.exists() and done.read_text() == fingerprint:
                 click.secho(f"==> reuse {m.name} R={R:g}", fg="cyan", err=True)
                 continue
             click.secho(f"==> reconstruct {test_dir.name}: {m.name}, R={R:g}", fg="cyan", err=True)
             run([test_dir], dest, m.name, m.make(R), MaskSpec(mask_kind, R, None, seed), device, overwrite=True,
                 max_slices=max_slices, progress=progress, needs_maps=m.needs_maps,
-                attrs={**m.attrs, "code_commit": commit},
-                virtual_coils=m.virtual_coils)
-            (dest / ".done").touch()
+                attrs={**m.attrs, **extra, "code_commit": commit}, virtual_coils=m.virtual_coils)
+            done.write_text(fingerprint)
     return out_root
 
 

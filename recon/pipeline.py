@@ -163,7 +163,8 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
     if kept:
         result["virtual_coils"] = int(virtual_coils)
         result["coil_energy_kept"] = float(min(kept))
-    result["mask"] = mask.reshape(-1).cpu().numpy()
+    # 1-D masks as fastMRI stores them, (W,); 2-D (e.g. Poisson) masks as (H, W)
+    result["mask"] = (mask[0, 0] if mask.shape[-2] == 1 else mask[0]).cpu().numpy()
     result["mask_source"] = mask_source
     result["seconds"] = time.perf_counter() - t0
     result["num_slices"] = n

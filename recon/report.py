@@ -29,7 +29,8 @@ Panel format accepted by :func:`write_report` (one dict per displayed slice and 
         "err_vmax": float,   # optional; default: largest 99.5th percentile
                              # of |recon - target| over the methods in the row
         "title": "R = 4",    # optional, appended to the caption (evaluate: one panel per acceleration)
-        "mask": (W,) array,  # optional 1-D sampling mask, shown below the target
+        "mask": (W,) or (H, W) array,  # optional sampling mask, shown below the target
+        "mask_note": str,    # optional, e.g. that methods at this acceleration used different masks
     }
 """
 
@@ -287,10 +288,13 @@ def panel_html(panel: Mapping[str, Any]) -> str:
     mask = panel.get("mask")
     mask_cell = "<td></td>"
     if mask is not None:
-        m = np.asarray(mask, dtype=np.float64).reshape(-1)
-        lines = int(np.count_nonzero(m))
-        mask_cell = _cell(np.tile(m, (target.shape[-2], 1)), 0, 1, IMAGE_CMAP,
-                          f"sampling mask: {lines} of {m.size} k-space columns ({100 * lines / m.size:.1f} %)")
+        m = np.asarray(mask, dtype=np.float64)
+        n = int(np.count_nonzero(m))
+        what = "k-space columns" if m.ndim == 1 else f"k-space samples ({m.shape[0]} x {m.shape[1]})"
+        text = f"sampling mask: {n} of {m.size} {what} ({100 * n / m.size:.1f} %)"
+        if panel.get("mask_note"):
+            text += f"; {panel['mask_note']}"
+        mask_cell = _cell(np.tile(m, (target.shape[-2], 1)) if m.ndim == 1 else m, 0, 1, IMAGE_CMAP, text)
     err_row = ('<tr><th class="l">|recon &minus; target|</th>' + mask_cell + "".join(
         _cell(np.abs(np.asarray(r["image"], dtype=np.float64) - target), 0, err_vmax, ERROR_CMAP,
               "|error| " + l) for r, l in zip(recons, labels)) + "</tr>")

@@ -70,5 +70,6 @@ def html_table(rows: list[dict]) -> str:
     return ("<p>Per-pixel calibration of the posterior standard deviation inside the evaluation crop "
             "(pixels of all test volumes pooled). A perfectly calibrated posterior estimated from K samples "
             "reaches the fraction and ratio in the second-to-last column (not 95 % / 1: the std comes from K "
-            "draws, the error is that of the K-sample mean's magnitude); fewer pixels within 2 std and a larger "
+            "draws, the error is that of the K-sample mean's magnitude; computed at high SNR, so background pixels "
+            "only approximately follow it); fewer pixels within 2 std and a larger "
             f"ratio mean the std under-states the error.</p><table>{head}{body}</table>")

@@ -265,3 +265,17 @@ def test_report_has_one_panel_per_acceleration_with_its_mask(data, tmp_path):
     for R in (4, 8):
         n = int(masks[R].sum())
         assert f"R = {R}" in html and f"sampling mask: {n} of {W} k-space columns" in html
+
+
+def test_report_shows_a_2d_mask_as_an_image(data, tmp_path):
+    name = sorted(TARGETS)[0]
+    gt = data["gts"][name]
+    (tmp_path / "p3" / "sense_R4").mkdir(parents=True)
+    _write_pred(tmp_path / "p3" / "sense_R4" / name, gt, method="sense", acceleration=4)
+    m2 = np.zeros((10, 12), bool)
+    m2[::2, ::3] = True
+    with h5py.File(tmp_path / "p3" / "sense_R4" / name, "a") as f:
+        f["mask"] = m2
+    evaluate_dirs(tmp_path / "p3", data["tdir"], tmp_path / "e3")
+    html = (tmp_path / "e3" / "report.html").read_text()
+    assert f"sampling mask: {int(m2.sum())} of 120 k-space samples (10 x 12)" in html

@@ -149,3 +149,12 @@ def test_operators_run_on_cuda():
     A = Sense(maps.cuda(), mask.cuda())
     x = crandn(2, 20, 17).cuda()
     assert A(x).is_cuda and pinv(A, A(x), max_iter=5).is_cuda
+
+
+def test_sense_normal_promotes_like_the_generic_path():
+    """A complex128 image through complex64 maps: Sense.normal returns complex128, equal to A^H(A x)."""
+    maps, mask = random_sense()
+    A = Sense(maps, mask)
+    x = crandn(2, 20, 17, seed=3).to(torch.complex128)
+    out = A.normal(x)
+    assert out.dtype == torch.complex128 and torch.allclose(out, A.adjoint(A(x)), atol=1e-5)

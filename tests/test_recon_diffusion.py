@@ -134,3 +134,18 @@ def test_batching_slices_changes_nothing(tiny_prior, tmp_path, sampler):
     for a, b in zip(out[1], out[2]):
         assert a.shape == (2, 40, 48) and np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
     assert out[1][1].max() > 0  # the std is not trivially zero
+
+
+def test_run_methods_reuses_only_matching_settings(tmp_path):
+    """A finished method folder is reused for the same settings and redone when they change (e.g. slices)."""
+    from recon.experiment import Method, run_methods
+    from recon.pipeline import classical_method
+
+    (tmp_path / "t").mkdir()
+    write_multicoil(tmp_path / "t" / "v.h5", slices=3, coils=2, h=24, w=24)
+    zf = [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False)]
+    out = tmp_path / "r"
+    for n in (1, 1, 2):
+        run_methods(tmp_path / "t", out, zf, [4.0], torch.device("cpu"), max_slices=n, progress=False)
+        with h5py.File(out / "zero-filled_R4" / "v.h5") as h:
+            assert h["reconstruction"].shape[0] == n and h.attrs["code_commit"]

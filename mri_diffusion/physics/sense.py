@@ -94,4 +94,4 @@ class Sense(Compose):
         maps, mask = self._shifted
         u = maps * torch.fft.ifftshift(x, dim=-1).unsqueeze(-3)
         z = torch.fft.ifft(torch.fft.fft(u, dim=-1, norm="ortho") * mask, dim=-1, norm="ortho")
-        return torch.fft.fftshift(torch.linalg.vecdot(maps, z, dim=-3), dim=-1)
+        return torch.fft.fftshift(torch.linalg.vecdot(maps.to(z.dtype), z, dim=-3), dim=-1)
