@@ -19,8 +19,7 @@ import h5py
 import torch
 
 from recon.evaluate import evaluate_dirs
-from recon.experiment import Method, prior_method, run_methods, tune_l1_lambda
-from recon.pipeline import classical_method
+from recon.experiment import baseline_methods, prior_method, run_methods
 
 
 def main():
@@ -45,14 +44,8 @@ def main():
     Rs = [float(r) for r in a.accelerations.split(",")]
     opts = {k: json.loads(v) if v[:1] in "[{0123456789-.tf" else v
             for k, v in (s.split("=", 1) for s in a.sampler_option)}
-    lams = {}
-    for R in Rs:
-        lams[R], scores = tune_l1_lambda(a.data / "multicoil_val", R, dev)
-        print(f"L1-wavelet weight at R={R:g} tuned on validation: {lams[R]:g}  (val PSNR {scores})")
-    methods = [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
-               Method("sense", lambda R: classical_method("sense")),
-               Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
-                      settings=lambda R: {"l1_lambda": lams[R]})]
+    methods = baseline_methods(a.data / "multicoil_val", Rs, dev, log=lambda R, lam, scores: print(
+        f"L1-wavelet weight at R={R:g} tuned on validation: {lam:g}  (val PSNR {scores})"))
     for item in a.prior:
         name, path = item.split("=", 1)
         methods.append(prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples, opts))

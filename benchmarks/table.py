@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recon.evaluate import evaluate_dirs  # noqa: E402
-from recon.experiment import Method, git_commit, machine_line, prior_method, run_methods, tune_l1_lambda  # noqa: E402
-from recon.pipeline import classical_method  # noqa: E402
+from recon.experiment import (L1_GRID, baseline_methods, git_commit, machine_line, prior_method,  # noqa: E402
+                               run_methods)
 from recon.uncertainty import ideal  # noqa: E402
 
 # The default priors and the command that makes each (all on the built-in data, runs/colin27).
@@ -157,15 +157,10 @@ def main(argv=None):
     if a.quick:
         a.max_slices, a.samples = a.max_slices or 1, min(a.samples, 2)
     priors = parse_priors(a.prior)
-    grid = (1e-3, 3e-3) if a.quick else (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-    lams = {}
-    for R in Rs:
-        lams[R], scores = tune_l1_lambda(a.data / "multicoil_val", R, dev, grid=grid, max_slices=1 if a.quick else 2)
-        print(f"L1-wavelet weight at R={R:g} tuned on validation: {lams[R]:g}  (val PSNR {scores})", file=sys.stderr)
-    methods = [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
-               Method("sense", lambda R: classical_method("sense")),
-               Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
-                      settings=lambda R: {"l1_lambda": lams[R]})]
+    methods = baseline_methods(a.data / "multicoil_val", Rs, dev, grid=(1e-3, 3e-3) if a.quick else L1_GRID,
+                               max_slices=1 if a.quick else 2, log=lambda R, lam, scores: print(
+                                   f"L1-wavelet weight at R={R:g} tuned on validation: {lam:g}  (val PSNR {scores})",
+                                   file=sys.stderr))
     methods += [prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples) for name, path in priors]
     order = [m.name for m in methods]
     test = a.data / "multicoil_test"

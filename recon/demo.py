@@ -15,8 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from .experiment import Method, prior_method, run_methods, tune_l1_lambda
-from .pipeline import classical_method
+from .experiment import baseline_methods, prior_method, run_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +44,9 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
         simulate(source, data, sim_config or SimConfig(), overwrite=True)
     else:
         _stage(f"reuse simulated data in {data}")
-    methods = [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
-               Method("sense", lambda R: classical_method("sense"))]
-    lams = {}
-    for R in accelerations:
-        lams[R], _ = tune_l1_lambda(data / "multicoil_val", R, device, grid=l1_grid, max_slices=1)
-        _stage(f"L1-wavelet weight at R={R:g} (tuned on validation slices): {lams[R]:g}")
-    methods.append(Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
-                      settings=lambda R: {"l1_lambda": lams[R]}))
+    methods = baseline_methods(data / "multicoil_val", accelerations, device, grid=l1_grid, max_slices=1,
+                               log=lambda R, lam, _: _stage(f"L1-wavelet weight at R={R:g} (tuned on validation "
+                                                            f"slices): {lam:g}"))
     if train:
         prep = out_dir / "prep_r4"
         if not (prep / "manifest.json").exists():

@@ -60,7 +60,10 @@ def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerat
     return out_root
 
 
-def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, grid=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+L1_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # L1-wavelet weights tried on validation (ACS-normalised data)
+
+
+def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, grid=L1_GRID,
                    max_slices: int = 2, iters: int = 100, seed: int = 0) -> tuple[float, dict]:
     """Pick the L1-wavelet weight with the best mean PSNR on validation slices (volume max as range)."""
     files = list_h5(val_dir)
@@ -82,6 +85,22 @@ def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, gri
     mean = {lam: float(np.mean(v)) for lam, v in scores.items()}
     best = max(mean, key=mean.get)
     return best, mean
+
+
+def baseline_methods(val_dir: Path, accelerations: list[float], device: torch.device,
+                     grid=L1_GRID, max_slices: int = 2, log: Callable[[float, float, dict], None] | None = None
+                     ) -> list[Method]:
+    """zero-filled, CG-SENSE and L1-wavelet, the L1 weight tuned per acceleration on ``val_dir`` (never on the
+    test block) and recorded with its outputs; ``log(R, weight, val PSNR per weight)`` reports each choice."""
+    lams = {}
+    for R in accelerations:
+        lams[R], scores = tune_l1_lambda(val_dir, R, device, grid=grid, max_slices=max_slices)
+        if log is not None:
+            log(R, lams[R], scores)
+    return [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
+            Method("sense", lambda R: classical_method("sense")),
+            Method("l1-wavelet", lambda R: classical_method("l1-wavelet", l1_lambda=lams[R]),
+                   settings=lambda R: {"l1_lambda": lams[R]})]
 
 
 def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "cg", steps: int | None = None,

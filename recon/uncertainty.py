@@ -16,6 +16,8 @@ and above its ratio under-estimates its uncertainty.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -30,6 +32,7 @@ def calibration(target: np.ndarray, recon: np.ndarray, std: np.ndarray) -> dict[
             "pixels": int(e.size)}
 
 
+@functools.lru_cache(maxsize=None)
 def ideal(k: int, n: int = 200_000, seed: int = 0) -> dict[str, float]:
     """within_2std and ratio of a perfectly calibrated posterior sampled K times (see module doc)."""
     if k < 2:

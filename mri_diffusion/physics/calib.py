@@ -30,7 +30,7 @@ def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor, calib_rows: int = 24
     saw in training: on a 15-coil 320 x 320 slice, a unitary coil rotation alone cost posterior sampling
     6.4 dB until this reference was restored).
     """
-    from .coils import espirit
+    from .coils import conj_phase, espirit
 
     C, H, W = kspace.shape
     if C == 1:
@@ -44,8 +44,5 @@ def estimate_maps(kspace: torch.Tensor, mask: torch.Tensor, calib_rows: int = 24
     if phase_ref is not None:
         if phase_ref.shape != (C,):
             raise ValueError(f"phase_ref must have shape ({C},), got {tuple(phase_ref.shape)}")
-        ref = torch.einsum("c,chw->hw", phase_ref.to(maps), maps)
-        mag = ref.abs()
-        maps = maps * torch.where(mag > 0, ref.conj() / torch.where(mag > 0, mag, torch.ones_like(mag)),
-                                  torch.ones_like(ref))
+        maps = maps * conj_phase(torch.einsum("c,chw->hw", phase_ref.to(maps), maps))
     return maps

@@ -54,6 +54,12 @@ def normalize_maps(maps: torch.Tensor, dim: int = -3, eps: float = 0.0) -> torch
 # ----------------------------------------------------------------------------------------------------------
 
 
+def conj_phase(ref: torch.Tensor) -> torch.Tensor:
+    """conj(ref) / |ref| (1 where ref = 0): multiplying maps by it makes ``ref`` their phase reference."""
+    mag = ref.abs()
+    return torch.where(mag > 0, ref.conj() / torch.where(mag > 0, mag, torch.ones_like(mag)), torch.ones_like(ref))
+
+
 def _pair(v, name: str) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
@@ -280,10 +286,7 @@ def espirit(
             eigs[b, r0:r1] = eig.view(r1 - r0, W)
 
     # phase relative to coil 0 (sigpy: mps *= conj(mps[0] / |mps[0]|)), then crop by eigenvalue
-    ref = maps[..., :1]
-    mag = ref.abs()
-    phase = torch.where(mag > 0, ref.conj() / torch.where(mag > 0, mag, torch.ones_like(mag)), torch.ones_like(ref))
-    maps = maps * phase * (eigs > crop).unsqueeze(-1)
+    maps = maps * conj_phase(maps[..., :1]) * (eigs > crop).unsqueeze(-1)
     maps = maps.permute(0, 3, 1, 2).contiguous()
     if output_eigenvalue:
         return maps, eigs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .fft import fft1c, fft2c, ifft1c, ifft2c
+from .fft import fft2c, ifft2c
 from .linop import Compose, LinearOp
 
 
@@ -74,6 +74,7 @@ class Sense(Compose):
                 raise ValueError("single-coil Sense needs image_shape (H, W)")
             maps = torch.ones((mask.shape[0], 1, *image_shape), dtype=torch.complex64, device=mask.device)
         self.maps, self.mask = maps, mask
+        self._shifted = None  # (ifftshift_W(maps), ifftshift_W(mask)), made by the first ``normal`` call
         super().__init__([CartesianMask(mask), FFT2c(), CoilMaps(maps)])
 
     @property
@@ -89,7 +90,7 @@ class Sense(Compose):
         M' = ifftshift_W(M)."""
         if self.mask.shape[-2] != 1:
             return super().normal(x)
-        if getattr(self, "_shifted", None) is None:
+        if self._shifted is None:
             self._shifted = (torch.fft.ifftshift(self.maps, dim=-1), torch.fft.ifftshift(self.mask, dim=-1))
         maps, mask = self._shifted
         u = maps * torch.fft.ifftshift(x, dim=-1).unsqueeze(-3)
