@@ -16,6 +16,9 @@ Low-resolution acquisitions (``lowres`` > 0, for view models): for every trainin
 (lowres * matrix)^2 block of k-space of its own realisation (new smooth phase, new noise of the same level
 per k-space entry), i.e. the same field of view with larger voxels, as a low-resolution protocol gives.
 Attribute ``full_matrix`` records the matrix of the full-resolution scans it pairs with.
+
+Complex image volumes (h5, their own phase kept, split by volume): ``data_prep.simulate_h5``, which reuses
+the coil maps, noise, SNR rule and writer defined here.
 """
 
 from __future__ import annotations
@@ -100,12 +103,29 @@ def smooth_phase(shape: tuple[int, int], rng: np.random.Generator, strength: flo
     return (strength * field / (np.abs(field).max() + 1e-12)).astype(np.float32)
 
 
-def coil_maps(coils: int, matrix: int, radius: float = 1.1) -> np.ndarray:
-    """Birdcage receive maps (C, H, W) complex64, scaled so that max_p sqrt(sum_c |S_c(p)|^2) = 1."""
+def coil_maps(coils: int, matrix: int | tuple[int, int], radius: float = 1.1) -> np.ndarray:
+    """Birdcage receive maps (C, H, W) complex64 (``matrix`` = H = W, or (H, W)), scaled so that
+    max_p sqrt(sum_c |S_c(p)|^2) = 1 (sigpy normalises the RSS to 1 at every pixel)."""
     import sigpy.mri
 
-    maps = sigpy.mri.birdcage_maps((coils, matrix, matrix), r=radius, nzz=coils).astype(np.complex64)
+    H, W = (matrix, matrix) if np.isscalar(matrix) else matrix
+    maps = sigpy.mri.birdcage_maps((coils, H, W), r=radius, nzz=coils).astype(np.complex64)
     return maps / np.sqrt((np.abs(maps) ** 2).sum(0)).max()
+
+
+def complex_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """CN(0, sigma^2) samples of ``shape`` (complex128): E|n|^2 = sigma^2, sigma / sqrt(2) per real/imag part."""
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * (sigma / np.sqrt(2))
+
+
+def noise_std_for_snr(mag: np.ndarray, snr_db: float, ref_max: float | None = None) -> float:
+    """CN std per k-space entry sigma with SNR_dB = 20 log10(mean foreground mag / sigma).
+
+    ``mag``: noise-free RSS (or magnitude) images, any shape; foreground: mag > 0.1 * ref_max (default
+    mag.max()). With centred orthonormal FFTs sigma is also the per-pixel noise std of each coil image.
+    """
+    ref = float(mag.max()) if ref_max is None else ref_max
+    return float(mag[mag > 0.1 * ref].mean() / 10 ** (snr_db / 20))
 
 
 def _fft2c(x: np.ndarray) -> np.ndarray:
@@ -148,20 +168,22 @@ def simulate_slice(mag: np.ndarray, maps: np.ndarray, rng: np.random.Generator, 
     """One slice: magnitude (H, W) -> noisy multi-coil k-space (C, H, W) complex64."""
     x = mag * np.exp(1j * smooth_phase(mag.shape, rng, cfg.phase_strength))
     k = _fft2c(maps * x[None])
-    noise = (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) * (sigma / np.sqrt(2))
-    return (k + noise).astype(np.complex64)
+    return (k + complex_noise(k.shape, sigma, rng)).astype(np.complex64)
 
 
-def write_volume(path: Path, kspace: np.ndarray, fov_mm: float, thickness_mm: float, attrs: dict,
-                 overwrite: bool) -> None:
-    """fastMRI multi-coil file: kspace (S, C, H, W), reconstruction_rss (S, H, W), header, attrs."""
+def write_volume(path: Path, kspace: np.ndarray, fov_mm: float | tuple[float, float], thickness_mm: float,
+                 attrs: dict, overwrite: bool) -> None:
+    """fastMRI multi-coil file: kspace (S, C, H, W), reconstruction_rss (S, H, W), header, attrs.
+
+    ``fov_mm``: square field of view, or (along H, along W)."""
     S, C, H, W = kspace.shape
+    fov = (fov_mm, fov_mm) if np.isscalar(fov_mm) else tuple(fov_mm)
     rss = np.sqrt((np.abs(_ifft2c(kspace)) ** 2).sum(1)).astype(np.float32)
     with atomic_write(path, overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("kspace", data=kspace)
             f.create_dataset("reconstruction_rss", data=rss)
-            f.create_dataset("ismrmrd_header", data=make_header((H, W), (H, W), (fov_mm, fov_mm), thickness_mm, C))
+            f.create_dataset("ismrmrd_header", data=make_header((H, W), (H, W), fov, thickness_mm, C))
             f.attrs["max"] = float(rss.max())
             f.attrs["norm"] = float(np.linalg.norm(rss))
             for k, v in attrs.items():
@@ -193,8 +215,7 @@ def simulate(source: str | Path, out_dir: str | Path, cfg: SimConfig = SimConfig
     # noise level from the noise-free RSS of the whole selection: one sigma for the volume
     mags = {z: resample_square(vol[z], (zooms[1], zooms[0]), cfg.matrix)[0] * cfg.amplitude for z in idx}
     fov = resample_square(vol[idx[0]], (zooms[1], zooms[0]), cfg.matrix)[1]
-    fg = np.concatenate([m[m > 0.1 * cfg.amplitude] for m in mags.values()])
-    sigma = float(fg.mean() / 10 ** (cfg.snr_db / 20))
+    sigma = noise_std_for_snr(np.stack(list(mags.values())), cfg.snr_db, ref_max=cfg.amplitude)
     files = {"train": [], "val": [], "test": []}
     counters = {k: 0 for k in files}
     for split, block in tqdm(chunks, desc="simulate", unit="file", disable=not progress):

@@ -62,13 +62,13 @@ def _setup_torch():
     torch.set_flush_denormal(True)
 
 
-def _matrix(text: str | None) -> tuple[int, int] | None:
+def _matrix(text: str | None, hint: str = "--full-matrix") -> tuple[int, int] | None:
     if text is None:
         return None
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 128x128", param_hint="--full-matrix") from None
+        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 128x128", param_hint=hint) from None
     return h, w
 
 
@@ -83,29 +83,69 @@ def main():
 
 @main.command()
 @click.option("--source", type=click.Path(dir_okay=False, path_type=Path), default=COLIN27, show_default=True,
-              help="Real magnitude MR volume (NIfTI). Default: Colin27 T1 from Debian's mricron-data.")
+              help="Real magnitude MR volume (NIfTI; default Colin27 T1 from Debian's mricron-data), or an .h5 of "
+                   "complex images: 'image' (N, H, W) complex + 'volume' (N,) integer ids (e.g. SIAT T2 brain).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder; gets multicoil_train/, multicoil_val/, multicoil_test/.")
-@click.option("--matrix", default=128, show_default=True, help="Image matrix (H = W).")
+@click.option("--matrix", default=None,
+              help="NIfTI: image matrix N (or NxN), default 128. h5: HxW centre of k-space to keep (a "
+                   "lower-resolution acquisition of the same field of view), default the whole (cropped) matrix.")
 @click.option("--coils", default=8, show_default=True, help="Number of receive coils (birdcage maps).")
-@click.option("--snr-db", default=40.0, show_default=True, help="SNR of the noise-free RSS foreground to k-space noise.")
-@click.option("--slice-step", default=3, show_default=True, help="Use every n-th axial slice.")
-@click.option("--chunk", default=5, show_default=True, help="Slices per output file (volume).")
-@click.option("--gap", default=2, show_default=True, help="Slices dropped at each train/val/test boundary.")
+@click.option("--snr-db", default=40.0, show_default=True,
+              help="20 log10(mean foreground of the noise-free RSS image / CN noise std per k-space entry).")
+@click.option("--slice-step", default=3, show_default=True, help="NIfTI: use every n-th axial slice.")
+@click.option("--chunk", default=5, show_default=True, help="NIfTI: slices per output file (volume).")
+@click.option("--gap", default=2, show_default=True, help="NIfTI: slices dropped at each train/val/test boundary.")
 @click.option("--lowres", default=0.5, show_default=True,
-              help="Also write low-resolution scans (this fraction of the matrix) of the training slices; 0: off.")
+              help="NIfTI: also write low-resolution scans (this fraction of the matrix) of the training slices; 0: off.")
+@click.option("--image-crop", default=None, help="h5: HxW image-domain centre crop of the source first (SIAT: 256x256).")
+@click.option("--split-train", default="0-13", show_default=True, help="h5: volume ids for multicoil_train/.")
+@click.option("--split-val", default="14-15", show_default=True, help="h5: volume ids for multicoil_val/.")
+@click.option("--split-test", default="16-19", show_default=True, help="h5: volume ids for multicoil_test/.")
+@click.option("--fov-mm", default=220.0, show_default=True, help="h5: nominal field of view along H (header only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
+@click.pass_context
 @_friendly_errors
-def simulate(source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, lowres, seed, overwrite):
-    """Simulate fastMRI-format multi-coil k-space from a real magnitude volume (NIfTI)."""
+def simulate(ctx, source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, lowres, image_crop, split_train,
+             split_val, split_test, fov_mm, seed, overwrite):
+    """Simulate fastMRI-format multi-coil k-space from real images: a magnitude volume (NIfTI) or complex
+    image volumes (h5, their own phase kept; one file per volume, split by volume)."""
+    from click.core import ParameterSource
+
+    is_h5 = source.suffix.lower() in (".h5", ".hdf5")
+    only = ("image_crop", "split_train", "split_val", "split_test", "fov_mm") if not is_h5 else \
+        ("slice_step", "chunk", "gap", "lowres")
+    given = [n for n in only if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} does not apply to "
+                               f"{'h5' if is_h5 else 'NIfTI'} sources ({source})")
+    square = lambda v: v if v is None or "x" in v.lower() else f"{v}x{v}"  # noqa: E731  ("128" = 128x128)
+    if is_h5:
+        from data_prep.simulate_h5 import ComplexSimConfig, parse_ids, simulate_h5
+
+        shape = {o: _matrix(square(v), hint=f"--{o}")
+                 for o, v in (("matrix", matrix), ("image-crop", image_crop))}
+        cfg = ComplexSimConfig(coils=coils, snr_db=snr_db, image_crop=shape["image-crop"], matrix=shape["matrix"],
+                               fov_mm=fov_mm, seed=seed)
+        splits = {"train": parse_ids(split_train), "val": parse_ids(split_val), "test": parse_ids(split_test)}
+        s = simulate_h5(source, out_dir, cfg, splits, overwrite=overwrite)
+        n = {k: f"{len(v)} files/{s['slices'][k]} slices" for k, v in s["files"].items()}
+        sig = list(s["noise_std"].values())
+        click.echo(f"wrote {out_dir} ({s['matrix'][0]}x{s['matrix'][1]}, {coils} coils): train {n['train']}, "
+                   f"val {n['val']}, test {n['test']}; noise std {min(sig):.3g}..{max(sig):.3g}; "
+                   f"volumes in no split: {s['unused_volumes'] or 'none'}; split in {out_dir / 'split.json'}")
+        return
     from data_prep.simulate import SimConfig, simulate as run_sim
 
     if not source.exists():
         raise click.ClickException(
             f"{source}: not found. The default is the Colin27 brain from Debian's 'mricron-data' package "
             "(sudo apt-get install mricron-data); or pass --source with any T1 NIfTI volume.")
-    cfg = SimConfig(matrix=matrix, coils=coils, snr_db=snr_db, slice_step=slice_step, chunk=chunk, gap=gap, seed=seed,
+    h, w = _matrix(square(matrix or "128"), hint="--matrix")
+    if h != w:
+        raise click.BadParameter(f"{matrix!r}: NIfTI sources give square matrices", param_hint="--matrix")
+    cfg = SimConfig(matrix=h, coils=coils, snr_db=snr_db, slice_step=slice_step, chunk=chunk, gap=gap, seed=seed,
                     lowres=lowres)
     summary = run_sim(source, out_dir, cfg, overwrite=overwrite)
     n = {k: sum(len(b) for b in v) for k, v in summary["slices"].items()}
