@@ -1,7 +1,14 @@
-"""Shared fixtures: tiny fastMRI-format files made on the fly, and the real data in ../shared when present."""
+"""Shared fixtures: tiny fastMRI-format files made on the fly, and the real data in ../shared when present.
+
+Anything a test needs from outside the repository (the real data in ../shared/data/real, Debian's chromium, an
+installed package) is checked with ``require``: missing, the test is skipped on a developer machine and FAILS
+when the environment variable CI is "true", so that CI cannot pass by skipping what it was meant to test.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 
 import h5py
@@ -14,11 +21,36 @@ torch.set_flush_denormal(True)
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
+def in_ci() -> bool:
+    """True when the environment variable CI is "true" (any case), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require(what, reason: str):
+    """Skip the calling test when ``what`` is missing, except under CI=true, where it fails instead.
+
+    ``what``: a path (present if it exists) or any value (present if truthy). Returns ``what``. Call it in the
+    test or fixture body (or at module level for a whole module).
+    """
+    ok = what.exists() if isinstance(what, Path) else bool(what)
+    if not ok:
+        if in_ci():
+            pytest.fail(f"CI=true, and a test requirement is missing: {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+    return what
+
+
+def require_module(name: str):
+    """``pytest.importorskip`` that fails under CI=true: the imported module."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        require(False, f"module {name!r} not importable ({e})")
+
+
 def real_path(*parts) -> Path:
     p = REAL.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"real data not available: {p}")
-    return p
+    return require(p, f"real data not available: {p}")
 
 
 def fft2c_np(x):

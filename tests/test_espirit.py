@@ -11,8 +11,10 @@ import torch
 from mri_diffusion.physics.coils import espirit, normalize_maps, rss
 from mri_diffusion.physics.fft import fft2c
 
-sp = pytest.importorskip("sigpy")
-mr = pytest.importorskip("sigpy.mri")
+from .conftest import require, require_module
+
+sp = require_module("sigpy")
+mr = require_module("sigpy.mri")
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 BRAIN = REAL / "espirit_brain8ch" / "full.cfl"
@@ -68,8 +70,7 @@ def sigpy_maps(k: np.ndarray, **kw) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def brain():
-    if not REAL.is_dir() or not BRAIN.exists():
-        pytest.skip(f"real data not found under {REAL}")
+    require(BRAIN, f"real data not found: {BRAIN}")
     k = np.fromfile(BRAIN, np.complex64).reshape([1, 230, 180, 8], order="F")
     return np.ascontiguousarray(k[0].transpose(2, 0, 1))  # (8, 230, 180)
 

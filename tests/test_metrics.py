@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-fe = pytest.importorskip("fastmri.evaluate")
+from .conftest import require_module
+
+fe = require_module("fastmri.evaluate")
 from fastmri.data import transforms as ft  # noqa: E402
 
 from recon import metrics as M  # noqa: E402

@@ -1,4 +1,8 @@
-"""The report renders in a real browser: headless Chromium screenshot has image content, the DOM has the table."""
+"""The report renders in a real browser: headless Chromium screenshot has image content, the DOM has the table.
+
+Needs Debian's chromium (.ci/run installs it): skipped without it on a developer machine, a failure under CI=true
+(``conftest.require``).
+"""
 
 import shutil
 import subprocess
@@ -8,6 +12,8 @@ import numpy as np
 import pytest
 
 from recon.evaluate import evaluate_dirs
+
+from .conftest import require
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,15 +38,15 @@ def report(tmp_path):
     return tmp_path / "e" / "report.html"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
+    chromium = require(CHROMIUM, "Debian's chromium is not installed (.ci/run installs it)")
     from PIL import Image
 
     shot = tmp_path / "shot.png"
     common = FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run([CHROMIUM, *common, "--window-size=1400,2000", f"--screenshot={shot}", report.as_uri()],
+    subprocess.run([chromium, *common, "--window-size=1400,2000", f"--screenshot={shot}", report.as_uri()],
                    check=True, capture_output=True, timeout=120)
-    dom = subprocess.run([CHROMIUM, *common, "--dump-dom", report.as_uri()], check=True, capture_output=True,
+    dom = subprocess.run([chromium, *common, "--dump-dom", report.as_uri()], check=True, capture_output=True,
                          text=True, timeout=120).stdout
     assert "diffusion-gsure" in dom and "sense" in dom and "PSNR" in dom and "Uncertainty calibration" in dom
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
@@ -50,3 +56,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     block_std = blocks.std(axis=(1, 3))
     block_mean = blocks.mean(axis=(1, 3))
     assert np.sum((block_std > 20) & (block_mean < 200)) >= 10, "no rendered image content found"
+
+
+def test_require_skips_locally_and_fails_under_ci(monkeypatch, tmp_path):
+    """``conftest.require`` (used here and by every real-data test): missing -> skip, or fail when CI=true."""
+    missing = tmp_path / "absent"
+    for value in ("", "false", "0"):
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(pytest.skip.Exception):
+            require(missing, "absent")
+        with pytest.raises(pytest.skip.Exception):
+            require(None, "no browser")
+    for value in ("true", "TRUE", "True"):
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(pytest.fail.Exception, match="CI=true"):
+            require(missing, "absent")
+        with pytest.raises(pytest.fail.Exception, match="no browser"):
+            require(None, "no browser")
+        assert require(tmp_path, "present") == tmp_path and require("/usr/bin/x", "found") == "/usr/bin/x"
