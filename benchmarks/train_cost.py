@@ -2,7 +2,7 @@
 
 Same batch, same network, same optimizer step; the median of several steps after a warm-up. Prints the
 machine. Usage: python benchmarks/train_cost.py [--size 128] [--coils 8] [--batch 4] [--preset small]
-[--cg-iters 10] [--device cpu|cuda] [--repeats 5]
+[--inverse-iters 20] [--lambda-min 0.01] [--device cpu|cuda] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--coils", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--cg-iters", type=int, default=10)
+    ap.add_argument("--inverse-iters", type=int, default=LossOptions().inverse_iters)
+    ap.add_argument("--lambda-min", type=float, default=LossOptions().lambda_min)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
@@ -77,13 +78,14 @@ def main():
     torch.manual_seed(0)
     net = build_denoiser(a.preset).to(device)
     batch = synthetic_batch(a.batch, a.coils, a.size, a.size, device)
-    opts = LossOptions(cg_iters=a.cg_iters)
+    opts = LossOptions(inverse_iters=a.inverse_iters, lambda_min=a.lambda_min)
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
     print(f"network '{a.preset}' ({count_parameters(net) / 1e6:.2f} M parameters), batch {a.batch} x {a.coils} coils x "
-          f"{a.size} x {a.size}; gsure: {a.cg_iters} CG iterations (3 right-hand sides batched), 1 Hutchinson probe, "
-          f"finite-difference divergence (2 network calls); ambient: {a.cg_iters} CG iterations, 1 network call")
+          f"{a.size} x {a.size}; gsure and ambient: Chebyshev inverse with {a.inverse_iters} applications of A^H A "
+          f"(lambda_min {a.lambda_min}; 3 right-hand sides batched), 1 Hutchinson probe, fp32 finite-difference "
+          f"divergence (2 network calls)")
     res = {}
     for name in ("dsm", "gsure", "ambient"):
         res[name] = time_step(name, opts, net, batch, device, a.repeats)

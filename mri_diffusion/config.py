@@ -22,18 +22,32 @@ class ConfigError(ValueError):
     """A config problem; the message names the key."""
 
 
+# Keys that earlier versions wrote into checkpoints: dropped when a checkpoint's config is read
+# (``from_dict(..., legacy=True)``), an error with the replacement named in a config a user writes.
+RETIRED = {"loss_options": {"cg_iters": "loss_options.inverse_iters and loss_options.lambda_min (a Chebyshev "
+                                        "approximate inverse that is linear in the data: CG made GSURE biased)"}}
+
+
 @dataclass(frozen=True)
 class LossOptions:
     p_mean: float = -1.2          # EDM log-normal noise levels (Karras et al. 2022)
     p_std: float = 1.2
-    cg_iters: int = 10            # gsure/ambient: CG iterations for A^+
-    divergence: str = "fd"        # gsure: 'fd' (two network calls) or 'jvp' (forward-mode AD)
-    fd_rel: float = 1e-3          # gsure: finite-difference step relative to sigma
+    inverse_iters: int = 20       # gsure/ambient: degree K of the Chebyshev approximate A^+ (physics/polyinv.py)
+    lambda_min: float = 0.01      # gsure/ambient: eigenvalues of A^H A inverted to 1/T_K accuracy from here up
+    divergence: str = "fd"        # gsure/ambient: 'fd' (two network calls) or 'jvp' (forward-mode AD); fp32
+    fd_rel: float = 1e-3          # gsure/ambient: finite-difference step relative to sigma
     weighted: bool = True         # density weighting W = 1/E[M]
     further_fraction: float = 0.2  # ambient: share of sampled outer lines dropped again
 
+    def inverse(self):
+        """The fixed linear approximate pseudo-inverse of gsure/ambient (``physics.polyinv``)."""
+        from .physics.polyinv import ChebyshevInverse
+
+        return ChebyshevInverse(self.inverse_iters, self.lambda_min)
+
     def validate(self):
-        _check(self.cg_iters >= 1, "loss_options.cg_iters", self.cg_iters, "must be >= 1")
+        _check(self.inverse_iters >= 1, "loss_options.inverse_iters", self.inverse_iters, "must be >= 1")
+        _check(0 < self.lambda_min < 1, "loss_options.lambda_min", self.lambda_min, "must be in (0, 1)")
         _check(self.divergence in ("fd", "jvp"), "loss_options.divergence", self.divergence, "must be fd or jvp")
         _check(self.fd_rel > 0, "loss_options.fd_rel", self.fd_rel, "must be > 0")
         _check(0 <= self.further_fraction < 1, "loss_options.further_fraction", self.further_fraction,
@@ -94,7 +108,7 @@ class ViewConfig:
     fraction: tuple[float, float] | None = None
 
     @classmethod
-    def from_dict(cls, d: dict, index: int) -> "ViewConfig":
+    def from_dict(cls, d: dict, index: int, legacy: bool = False) -> "ViewConfig":
         key = f"views[{index}]"
         if not isinstance(d, dict):
             raise ConfigError(f"{key}: expected a mapping, got {d!r}")
@@ -114,7 +128,7 @@ class ViewConfig:
         if d.get("data") is None and d.get("checkpoint") is None:
             raise ConfigError(f"{key}: give 'data' (a prepared view set to train on) or 'checkpoint'")
         try:
-            sub = TrainConfig.from_dict(d["config"])
+            sub = TrainConfig.from_dict(d["config"], legacy)
         except ConfigError as e:
             raise ConfigError(f"{key}.config: {e}") from None
         if sub.views:
@@ -153,7 +167,8 @@ class TrainConfig:
         _check(len(set(names)) == len(names), "views", names, "view names must be unique")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], legacy: bool = False) -> "TrainConfig":
+        """From a plain dict. ``legacy=True`` (configs stored in older checkpoints) drops ``RETIRED`` keys."""
         if not isinstance(d, dict):
             raise ConfigError(f"config must be a mapping, got {type(d).__name__}")
         _no_unknown(d, cls, "")
@@ -161,7 +176,7 @@ class TrainConfig:
         views = d.get("views") or []
         if not isinstance(views, list):
             raise ConfigError(f"views: expected a list, got {views!r}")
-        kw["views"] = tuple(ViewConfig.from_dict(v, i) for i, v in enumerate(views))
+        kw["views"] = tuple(ViewConfig.from_dict(v, i, legacy) for i, v in enumerate(views))
         if "residual" in d:
             _check(isinstance(d["residual"], bool), "residual", d["residual"], "expected true or false")
             kw["residual"] = d["residual"]
@@ -179,6 +194,7 @@ class TrainConfig:
             part = d.get(key) or {}
             if not isinstance(part, dict):
                 raise ConfigError(f"{key}: expected a mapping, got {part!r}")
+            part = _retire(part, key, legacy)
             _no_unknown(part, sub, key + ".")
             part = {k: tuple(v) if isinstance(v, list) else v for k, v in part.items()}
             part = _coerce_floats(part, sub)
@@ -224,6 +240,14 @@ class TrainConfig:
 def _check(ok: bool, key: str, value, why: str) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r}: {why}")
+
+
+def _retire(part: dict, key: str, legacy: bool) -> dict:
+    retired = RETIRED.get(key, {})
+    for k in sorted(set(part) & set(retired)):
+        if not legacy:
+            raise ConfigError(f"{key}.{k} was retired: use {retired[k]}")
+    return {k: v for k, v in part.items() if k not in retired}
 
 
 def _no_unknown(d: dict, cls, prefix: str) -> None:

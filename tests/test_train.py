@@ -61,6 +61,19 @@ def test_config_errors_name_the_key(tmp_path):
         TrainConfig.from_yaml(ROOT / "configs" / "train" / f"{name}.yaml")
 
 
+def test_retired_cg_iters_is_an_error_in_configs_but_old_checkpoints_still_load(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("loss: gsure\nloss_options: {cg_iters: 10}\n")
+    with pytest.raises(ConfigError, match="loss_options.cg_iters was retired: use loss_options.inverse_iters"):
+        TrainConfig.from_yaml(bad)
+    old = {"loss": "gsure", "loss_options": {"cg_iters": 10, "divergence": "fd"}}
+    assert TrainConfig.from_dict(old, legacy=True).loss_options.divergence == "fd"
+    from mri_diffusion.train.checkpoint import load_denoiser, resolve_checkpoint  # the shipped prior used cg_iters
+
+    _, cfg, _ = load_denoiser(resolve_checkpoint("builtin"))
+    assert cfg.loss in ("gsure", "ambient", "dsm")
+
+
 def test_dry_run_prints_resolved_config():
     r = CliRunner().invoke(main, ["train", "--config", str(TINY), "--dry-run", "--set", "train.steps=3"])
     assert r.exit_code == 0 and "steps: 3" in r.output and "base_channels: 8" in r.output

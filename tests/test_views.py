@@ -130,7 +130,7 @@ def test_residual_starts_at_zero_and_regulariser_adds_weight_times_energy():
     maps = torch.ones(2, 1, 16, 16, dtype=torch.complex64)
     batch = MRIBatch(fft2c(x)[:, None] * mask, mask.expand(2, 1, 1, 16), maps, torch.full((2, 1, 1, 16), 0.5),
                      torch.full((2,), 0.01))
-    opts = LossOptions(cg_iters=3)
+    opts = LossOptions(inverse_iters=3)
     l0 = make_loss("gsure", opts, 0.5, 0.0)(model, batch, torch.Generator().manual_seed(1))
     with model.recording() as rec:
         make_loss("gsure", opts, 0.5, 0.0)(model, batch, torch.Generator().manual_seed(1))
@@ -148,7 +148,7 @@ def _views_yaml(tmp: Path, view_data: Path, spec: str = "lowres:0.5", weight: fl
 name: views_test
 loss: gsure
 net: {{preset: tiny}}
-loss_options: {{cg_iters: 5}}
+loss_options: {{inverse_iters: 5}}
 optim: {{lr: 1.0e-3, warmup_steps: 0}}
 train: {{steps: 2, batch_size: 2, seed: 0, ema_half_life: 2, log_every: 1, ckpt_every: 2}}
 residual: {str(residual).lower()}

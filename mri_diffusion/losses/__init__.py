@@ -7,9 +7,10 @@ gives (k-space, mask, coil maps, noise level) and are handed ``batch.without_tar
 from .ambient import ambient_loss
 from .common import edm_weight, sample_sigma
 from .dsm import dsm_loss
-from .gsure import gsure_loss, gsure_terms, network_input
+from .gsure import gsure_loss, gsure_terms, network_input, output_and_directional
 
-__all__ = ["ambient_loss", "edm_weight", "sample_sigma", "dsm_loss", "gsure_loss", "gsure_terms", "network_input"]
+__all__ = ["ambient_loss", "edm_weight", "sample_sigma", "dsm_loss", "gsure_loss", "gsure_terms", "network_input",
+           "output_and_directional"]
 
 
 def make_loss(name: str, opts, sigma_data: float = 0.5, residual_weight: float = 0.0):
@@ -35,13 +36,14 @@ def make_loss(name: str, opts, sigma_data: float = 0.5, residual_weight: float =
 
 
 def _base_loss(name: str, opts, sigma_data: float):
+    """The loss callable, its keyword options taken by name from the typed ``LossOptions``."""
+    sched = dict(sigma_data=sigma_data, p_mean=opts.p_mean, p_std=opts.p_std)
+    stein = dict(inverse=opts.inverse(), divergence=opts.divergence, fd_rel=opts.fd_rel, weighted=opts.weighted)
     if name == "dsm":
-        return lambda d, b, g: dsm_loss(d, b, g, sigma_data, p_mean=opts.p_mean, p_std=opts.p_std)
+        return lambda d, b, g: dsm_loss(d, b, g, **sched)
     if name == "gsure":
-        return lambda d, b, g: gsure_loss(d, b.without_target(), g, sigma_data, opts.cg_iters, opts.divergence,
-                                          opts.fd_rel, opts.weighted, p_mean=opts.p_mean, p_std=opts.p_std)
+        return lambda d, b, g: gsure_loss(d, b.without_target(), g, **sched, **stein)
     if name == "ambient":
-        return lambda d, b, g: ambient_loss(d, b.without_target(), g, sigma_data, opts.cg_iters,
-                                            opts.further_fraction, opts.weighted, p_mean=opts.p_mean,
-                                            p_std=opts.p_std)
+        return lambda d, b, g: ambient_loss(d, b.without_target(), g, further_fraction=opts.further_fraction,
+                                            **sched, **stein)
     raise ValueError(f"unknown loss {name!r}")

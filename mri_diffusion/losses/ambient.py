@@ -1,12 +1,19 @@
-"""Ambient diffusion for undersampled k-space (Daras et al. 2023; Aali et al. 2025, A-DPS training).
+"""Ambient diffusion for undersampled, noisy k-space (Daras et al. 2023; Aali et al. 2025, A-DPS training).
 
 The training mask M is subsampled once more, M~ subset of M (a random share ``further_fraction`` of the
-sampled non-ACS lines is dropped, ACS kept). The network sees only what M~ gives,
-u = A~^+ y~ + sqrt(sigma^2 - eta^2) eps, and its error is measured in the range of the ORIGINAL operator:
-    lambda(sigma) ||W^1/2 (A D(u, sigma) - y)||^2 / N   (A = M F S; W = 1/E[M]).
-The measurement noise adds a constant in expectation; lines seen by A but not by A~ make the network
-predict what it was not shown, which is what lets it learn the full image (Ambient Diffusion, Thm 4.1).
-Deviation from Aali et al.: the further mask is not fed to the network as an extra channel (one
+sampled non-ACS lines is dropped, ACS kept). The network sees only what M~ gives, and its error is measured
+on ALL of M (density-weighted, W = 1/E[M]): lines seen by A but not by A~ make the network predict what it
+was not shown, which is what lets it learn the full image (Ambient Diffusion, Thm 4.1).
+
+Exactness with noisy data. The naive loss ||W^1/2 (A D(u) - y)||^2 rewards copying noise: on the lines of
+M~ the target y carries the same noise n as the input, so E[-2 Re<W A h, n>] < 0 for a denoiser that passes
+its input's noise through (measured: -2.65 in the loss's units for an identity-like denoiser). Here the
+input is GSURE's (``losses.gsure.network_input`` with A~: u = B~ y~ + tau eps1 + eta (I - P~) eps2, one
+fixed linear map B~, so the null space of A~ gets noise sigma too, not only tau), and the shared-noise term
+is removed by Stein's lemma on the noise of M~ exactly as in GSURE:
+    L = ||W^1/2 A h||^2 - 2 Re<W A h, y> + 2 Re<W A J_h B~ n'~, n'~>,   E[L] = E||W^1/2 A (h - x)||^2 - const.
+The noise on M \\ M~ needs no correction: the input does not depend on it. With further_fraction = 0 this
+is GSURE. Deviation from Aali et al.: the further mask is not fed to the network as an extra channel (one
 D(x, sigma) interface for every loss and sampler).
 """
 
@@ -14,11 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ..physics.cg import conjugate_gradient
 from ..physics.masks import acs_block
-from ..physics.sense import Sense
+from ..physics.polyinv import ChebyshevInverse
 from ..types import Denoiser, MRIBatch
-from .common import bcast, crandn, edm_weight, per_channel_noise, re_inner, sample_sigma
+from .gsure import gsure_loss
 
 
 def further_mask(mask: torch.Tensor, fraction: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -34,22 +40,11 @@ def further_mask(mask: torch.Tensor, fraction: float, generator: torch.Generator
 
 
 def ambient_loss(denoiser: Denoiser, batch: MRIBatch, generator: torch.Generator | None = None,
-                 sigma_data: float = 0.5, cg_iters: int = 10, further_fraction: float = 0.2,
-                 weighted: bool = True, sigma: torch.Tensor | None = None, p_mean: float = -1.2,
+                 sigma_data: float = 0.5, inverse: ChebyshevInverse = ChebyshevInverse(),
+                 further_fraction: float = 0.2, weighted: bool = True, divergence: str = "fd",
+                 fd_rel: float = 1e-3, sigma: torch.Tensor | None = None, p_mean: float = -1.2,
                  p_std: float = 1.2) -> torch.Tensor:
-    """Per-sample ambient loss (B,), per pixel. Never reads ``batch.target``."""
-    y, mask, maps = batch.kspace, batch.mask, batch.maps
-    B, dev = y.shape[0], y.device
-    eta = per_channel_noise(batch.noise_std.to(dev))
-    if sigma is None:
-        sigma = sample_sigma(B, generator, dev, p_mean, p_std, sigma_min=1.05 * eta)
-    m2 = further_mask(mask, further_fraction, generator)
-    A2 = Sense(maps, m2)
-    z = conjugate_gradient(A2.normal, A2.adjoint(y * m2), max_iter=cg_iters)
-    tau = torch.sqrt(torch.clamp(sigma**2 - eta**2, min=0.0))
-    u = z + bcast(tau, z) * crandn(z.shape, generator, dev)
-    A = Sense(maps, mask)
-    W = mask / batch.density.clamp_min(1e-6) if weighted else mask
-    r = A(denoiser(u, sigma)) - y
-    npix = y.shape[-2] * y.shape[-1]
-    return edm_weight(sigma, sigma_data) * re_inner(r, W * r) / npix
+    """Per-sample ambient loss (B,), per pixel (EDM-weighted). Never reads ``batch.target``."""
+    m2 = further_mask(batch.mask, further_fraction, generator)
+    return gsure_loss(denoiser, batch.without_target(), generator, sigma_data, inverse, divergence, fd_rel,
+                      weighted, sigma, p_mean, p_std, input_mask=m2)

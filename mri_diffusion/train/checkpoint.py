@@ -64,7 +64,7 @@ def load_denoiser(path: str | Path, use_ema: bool = True, device: str | torch.de
 
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg = TrainConfig.from_dict(ckpt["config"], legacy=True)
     net = EDMDenoiser(cfg.net) if not cfg.views else _composed_skeleton(path, cfg, ckpt)
     try:
         net.load_state_dict(ckpt["ema" if use_ema else "model"])

@@ -140,7 +140,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}")
         ckpt = load_checkpoint(ckpt_path)
-        if _resume_key(TrainConfig.from_dict(ckpt["config"])) != _resume_key(cfg):
+        if _resume_key(TrainConfig.from_dict(ckpt["config"], legacy=True)) != _resume_key(cfg):
             raise ValueError(f"--resume: {out_dir} was trained with a different config; use the run's own "
                              f"{out_dir / 'config.yaml'}")
         denoiser.load_state_dict(ckpt["model"])

@@ -48,7 +48,7 @@ def resolve_view(v: ViewConfig, ckpt: dict, path: Path, full_shape: tuple[int, i
         raise ConfigError(f"views '{v.name}': its view set was cut from a {tuple(geo['full_shape'])} matrix, the "
                           f"residual's data is {tuple(full_shape)}")
     return replace(v, fraction=tuple(float(f) for f in geo["fraction"]),
-                   config=TrainConfig.from_dict(ckpt["config"]))
+                   config=TrainConfig.from_dict(ckpt["config"], legacy=True))
 
 
 def train_prior(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
