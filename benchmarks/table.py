@@ -40,6 +40,9 @@ from recon.experiment import (L1_GRID, baseline_methods, git_commit, machine_lin
                                run_methods)
 from recon.uncertainty import ideal  # noqa: E402
 
+from paired import parse_pairs  # noqa: E402
+from paired import table as paired_table  # noqa: E402
+
 # The default priors and the command that makes each (all on the built-in data, runs/colin27).
 DEFAULT_PRIORS = {
     "dsm": ("runs/train_dsm/checkpoint.pt", "mridiff train --config configs/train/dsm_cpu.yaml"),
@@ -119,13 +122,18 @@ def markdown_table(rows: dict, real: dict | None, order: list[str], Rs: list[flo
     return lines
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the marked section of ``path`` (or put it first), atomically."""
+def write_section(path: Path, text: str, section: str = "Benchmark table") -> None:
+    """Replace the marked section of ``path`` (or put it first), atomically. Each section title has its own
+    markers (the default title keeps the historical ones)."""
+    begin, end = BEGIN, END
+    if section != "Benchmark table":
+        tag = "-".join(section.lower().split())
+        begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     old = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}\n"
-    if BEGIN in old and END in old:
-        rest = old[old.index(END) + len(END):].lstrip("\n")
-        new = old[:old.index(BEGIN)] + block + ("\n" + rest if rest else "")
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    if begin in old and end in old:
+        rest = old[old.index(end) + len(end):].lstrip("\n")
+        new = old[:old.index(begin)] + block + ("\n" + rest if rest else "")
     else:
         new = block + ("\n" + old if old else "")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -148,6 +156,10 @@ def main(argv=None):
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--markdown", type=Path, default=None, help="replace the table's section of this file")
+    ap.add_argument("--pair", action="append", default=[], help="METHOD_A:METHOD_B: add per-slice paired "
+                    "differences with 95 %% CIs (benchmarks/paired.py); repeat")
+    ap.add_argument("--label", default="Built-in test block", help="what the test data is, for the text")
+    ap.add_argument("--section", default="Benchmark table", help="section title (and markers) in --markdown")
     a = ap.parse_args(argv)
     torch.set_flush_denormal(True)
     dev = torch.device(a.device)
@@ -176,6 +188,9 @@ def main(argv=None):
                            title="mri-diffusion benchmark table: real scans")
         real = group_table(rr.summary, a.out / "recon_real", made_at)
     lines = markdown_table(rows, real, order, Rs, a.samples)
+    if a.pair:
+        lines += ["", "Per-slice paired differences (fastMRI crop and data range; 95 % CIs by Student t over slices "
+                  "and over volumes):", "", *paired_table(a.out / "recon", test, parse_pairs(a.pair), Rs)]
     unc = []
     for u in res.summary.get("uncertainty", []):
         ref = ideal(u["samples"]) if (u.get("samples") or 0) >= 2 else None
@@ -187,21 +202,21 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     cmd = "python " + " ".join(shlex.quote(x) for x in ["benchmarks/table.py", *args])
     text = "\n".join([
-        f"## Benchmark table ({datetime.date.today()}, commit {git_commit()}{', QUICK variant' if a.quick else ''})",
+        f"## {a.section} ({datetime.date.today()}, commit {git_commit()}{', QUICK variant' if a.quick else ''})",
         "",
         f"Machine: {machine_line(dev)}. Command: `{cmd}`. Reconstructions made at commit(s) "
         f"{', '.join(sorted(made_at))} (finished methods in OUT are reused).",
         "",
-        f"{res.summary.get('protocol_text', 'fastMRI protocol').rstrip('.')}. Built-in test block: {n_slices} volumes of {test}"
+        f"{res.summary.get('protocol_text', 'fastMRI protocol').rstrip('.')}. {a.label}: {n_slices} volumes of {test}"
         f"{f' (first {a.max_slices} slice(s) each)' if a.max_slices else ''}; 1-D random masks (seeded per file, the "
         f"same for every method); sampler {a.sampler}, {a.samples} posterior samples per slice run as one batch "
         f"(network calls count calls of that batched network). Priors: "
         + ", ".join(f"{n} = {p if p == 'builtin' else os.path.relpath(p, ROOT)}" for n, p in priors) + "."
-        + (f" Real column group: {a.real}, priors trained on the built-in data only." if a.real else ""),
+        + (f" Real column group: {a.real} (real coil data; none of the priors was trained on it)." if a.real else ""),
         "",
         *lines,
         "",
-        "Posterior-std calibration (built-in test block, pooled pixels in the evaluation crop):",
+        f"Posterior-std calibration ({a.label}, pooled pixels in the evaluation crop):",
         "",
         *unc,
         ""])
@@ -210,7 +225,7 @@ def main(argv=None):
         json.dump({"rows": {f"{m}|{R:g}": v for (m, R), v in rows.items()},
                    "real": {f"{m}|{R:g}": v for (m, R), v in (real or {}).items()}, "command": cmd}, f, indent=1)
     if a.markdown:
-        write_section(a.markdown, text)
+        write_section(a.markdown, text, a.section)
     return rows, real
 
 

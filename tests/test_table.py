@@ -33,7 +33,7 @@ def test_quick_table(tmp_path):
     md = tmp_path / "BENCH.md"
     md.write_text("# Benchmarks\n\n## Other section\nkept\n")
     args = ["--quick", "--data", str(data), "--prior", "gsure_r4=builtin", "--accelerations", "4",
-            "--out", str(tmp_path / "out"), "--markdown", str(md)]
+            "--out", str(tmp_path / "out"), "--markdown", str(md), "--pair", "sense:zero-filled"]
     rows, real = table.main(args)
     assert real is None
     methods = ["zero-filled", "sense", "l1-wavelet", "diffusion-gsure_r4"]
@@ -47,7 +47,25 @@ def test_quick_table(tmp_path):
             gt = t["reconstruction_rss"][: rec.shape[0]]
         vals.append(psnr(gt, rec, maxval=gt.max()))
     assert rows[("zero-filled", 4.0)]["psnr"]["mean"] == pytest.approx(float(np.mean(vals)), abs=1e-6)
+    # Paired per-slice differences: recomputed here slice by slice with fastMRI's psnr (volume max as range).
+    import paired
+
+    a = paired.per_slice(tmp_path / "out" / "recon" / "sense_R4", data / "multicoil_test")
+    b = paired.per_slice(tmp_path / "out" / "recon" / "zero-filled_R4", data / "multicoil_test")
+    diffs = []
+    for (stem, i), m in a.items():
+        with h5py.File(tmp_path / "out" / "recon" / "sense_R4" / f"{stem}.h5") as h, \
+                h5py.File(data / "multicoil_test" / f"{stem}.h5") as t:
+            rec = h["reconstruction"][()]
+            gt = t["reconstruction_rss"][: rec.shape[0]]
+        assert m["psnr"] == pytest.approx(psnr(gt[i:i + 1], rec[i:i + 1], maxval=gt.max()), abs=1e-6)
+        diffs.append(m["psnr"] - b[(stem, i)]["psnr"])
+    res = paired.paired(a, b, "psnr")
+    assert res["slice"][0] == pytest.approx(float(np.mean(diffs)), abs=1e-9) and res["slices"] == len(diffs)
+    lo, hi = res["slice"][1:]
+    assert lo < res["slice"][0] < hi or len(diffs) < 2
     text = md.read_text()
+    assert "| sense - zero-filled | 4 |" in text
     assert text.count("<!-- benchmark-table:begin -->") == 1 and "## Other section\nkept" in text
     assert "Reconstructions made at commit(s)" in text and "unrecorded" not in text
     for m in methods:
