@@ -27,10 +27,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..physics.complex import from_channels, to_channels
 from ..physics.fft import fft2c, ifft2c
 from ..physics.views import LowResView, check_partial_isometry, view_shape_for
-from .precond import EDMDenoiser, edm_coefficients
+from .precond import EDMDenoiser, preconditioned
 from .unet import NetConfig, UNet
 
 
@@ -45,10 +44,7 @@ class ResidualScore(nn.Module):
         self._records: list | None = None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        _, c_out, c_in, c_noise = (c.reshape(-1, 1, 1) for c in edm_coefficients(sigma, self.sigma_data))
-        inp = to_channels(c_in * x)
-        wdtype = self.net.conv_in.weight.dtype
-        f = from_channels(self.net(inp.to(wdtype), c_noise.reshape(-1))).to(x.dtype)
+        _, c_out, f = preconditioned(self.net, x, sigma, self.sigma_data)
         if self._records is not None:
             self._records.append((f.abs() ** 2).reshape(f.shape[0], -1).mean(1))
         return c_out * f

@@ -24,7 +24,7 @@ from torch import nn
 from ..physics.complex import from_channels, to_channels
 from .unet import PRESETS, NetConfig, UNet
 
-__all__ = ["EDMDenoiser", "build_denoiser", "count_parameters", "edm_coefficients"]
+__all__ = ["EDMDenoiser", "build_denoiser", "count_parameters", "edm_coefficients", "preconditioned"]
 
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
@@ -40,6 +40,21 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     c_in = torch.rsqrt(s2 + sd2)
     c_noise = torch.log(sigma.clamp_min(1e-20)) / 4
     return c_skip, c_out, c_in, c_noise
+
+
+def preconditioned(net: UNet, x: torch.Tensor, sigma: torch.Tensor, sigma_data: float):
+    """(c_skip, c_out, F) with F = F_theta(c_in x, c_noise), each broadcastable to x (B, H, W) complex.
+
+    The one place where the complex image meets the real-channel network: ``EDMDenoiser`` returns
+    c_skip x + c_out F, the residual score of view-composed priors (``nn.composed``) c_out F. sigma: (B,).
+    """
+    c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1) for c in edm_coefficients(sigma, sigma_data))
+    inp = to_channels(c_in * x)
+    wdtype = net.conv_in.weight.dtype
+    if inp.dtype != wdtype:
+        inp = inp.to(wdtype)
+    f = from_channels(net(inp, c_noise.reshape(-1))).to(x.dtype)
+    return c_skip, c_out, f
 
 
 class EDMDenoiser(nn.Module):
@@ -81,13 +96,8 @@ class EDMDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         if not torch.is_complex(x) or x.ndim != 3:
             raise TypeError(f"EDMDenoiser expects complex (B, H, W), got {x.dtype} {tuple(x.shape)}")
-        c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1) for c in self.coefficients(sigma, x))
-        inp = to_channels(c_in * x)
-        wdtype = self.net.conv_in.weight.dtype
-        if inp.dtype != wdtype:
-            inp = inp.to(wdtype)
-        f = from_channels(self.net(inp, c_noise.reshape(-1)))
-        return c_skip * x + c_out * f.to(x.dtype)
+        c_skip, c_out, f = preconditioned(self.net, x, self._sigma(sigma, x), self.sigma_data)
+        return c_skip * x + c_out * f
 
     def extra_repr(self) -> str:
         return f"sigma_data={self.sigma_data}"
