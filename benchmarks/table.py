@@ -51,6 +51,7 @@ DEFAULT_PRIORS = {
     "views+residual": ("runs/views/views_lowres/checkpoint.pt",
                        "mridiff train --config configs/train/views_lowres.yaml"),
 }
+MASK_TEXT = {"random": "1-D random", "equispaced": "1-D equispaced", "poisson": "2-D Poisson-disc"}
 BEGIN, END = "<!-- benchmark-table:begin -->", "<!-- benchmark-table:end -->"
 
 
@@ -158,6 +159,8 @@ def main(argv=None):
     ap.add_argument("--markdown", type=Path, default=None, help="replace the table's section of this file")
     ap.add_argument("--pair", action="append", default=[], help="METHOD_A:METHOD_B: add per-slice paired "
                     "differences with 95 %% CIs (benchmarks/paired.py); repeat")
+    ap.add_argument("--mask", default="random", choices=["random", "equispaced", "poisson"],
+                    help="retrospective mask kind (fastMRI conventions), the same for tuning and testing")
     ap.add_argument("--label", default="Built-in test block", help="what the test data is, for the text")
     ap.add_argument("--section", default="Benchmark table", help="section title (and markers) in --markdown")
     a = ap.parse_args(argv)
@@ -170,20 +173,20 @@ def main(argv=None):
         a.max_slices, a.samples = a.max_slices or 1, min(a.samples, 2)
     priors = parse_priors(a.prior)
     methods = baseline_methods(a.data / "multicoil_val", Rs, dev, grid=(1e-3, 3e-3) if a.quick else L1_GRID,
-                               max_slices=1 if a.quick else 2, log=lambda R, lam, scores: print(
+                               max_slices=1 if a.quick else 2, mask_kind=a.mask, log=lambda R, lam, scores: print(
                                    f"L1-wavelet weight at R={R:g} tuned on validation: {lam:g}  (val PSNR {scores})",
                                    file=sys.stderr))
     methods += [prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples) for name, path in priors]
     order = [m.name for m in methods]
     test = a.data / "multicoil_test"
-    run_methods(test, a.out / "recon", methods, Rs, dev, max_slices=a.max_slices)
+    run_methods(test, a.out / "recon", methods, Rs, dev, mask_kind=a.mask, max_slices=a.max_slices)
     res = evaluate_dirs(a.out / "recon", test, a.out / "eval", overwrite=True,
                         title="mri-diffusion benchmark table: built-in test block")
     made_at: set[str] = set()
     rows = group_table(res.summary, a.out / "recon", made_at)
     real = None
     if a.real is not None:
-        run_methods(a.real, a.out / "recon_real", methods, Rs, dev, max_slices=a.max_slices)
+        run_methods(a.real, a.out / "recon_real", methods, Rs, dev, mask_kind=a.mask, max_slices=a.max_slices)
         rr = evaluate_dirs(a.out / "recon_real", a.real, a.out / "eval_real", overwrite=True,
                            title="mri-diffusion benchmark table: real scans")
         real = group_table(rr.summary, a.out / "recon_real", made_at)
@@ -208,7 +211,7 @@ def main(argv=None):
         f"{', '.join(sorted(made_at))} (finished methods in OUT are reused).",
         "",
         f"{res.summary.get('protocol_text', 'fastMRI protocol').rstrip('.')}. {a.label}: {n_slices} volumes of {test}"
-        f"{f' (first {a.max_slices} slice(s) each)' if a.max_slices else ''}; 1-D random masks (seeded per file, the "
+        f"{f' (first {a.max_slices} slice(s) each)' if a.max_slices else ''}; {MASK_TEXT[a.mask]} masks (seeded per file, the "
         f"same for every method); sampler {a.sampler}, {a.samples} posterior samples per slice run as one batch "
         f"(network calls count calls of that batched network). Priors: "
         + ", ".join(f"{n} = {p if p == 'builtin' else os.path.relpath(p, ROOT)}" for n, p in priors) + "."

@@ -64,7 +64,8 @@ L1_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # L1-wavelet weights tried on validati
 
 
 def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, grid=L1_GRID,
-                   max_slices: int = 2, iters: int = 100, seed: int = 0) -> tuple[float, dict]:
+                   max_slices: int = 2, iters: int = 100, seed: int = 0, mask_kind: str = "random"
+                   ) -> tuple[float, dict]:
     """Pick the L1-wavelet weight with the best mean PSNR on validation slices (volume max as range)."""
     files = list_h5(val_dir)
     scores: dict[float, list[float]] = {lam: [] for lam in grid}
@@ -77,7 +78,7 @@ def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, gri
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = reconstruct_volume(vol, classical_method("l1-wavelet", l1_lambda=lam, l1_iters=iters),
-                                         MaskSpec("random", acceleration, None, seed), device, max_slices=n,
+                                         MaskSpec(mask_kind, acceleration, None, seed), device, max_slices=n,
                                          progress=False)
             rec = res["reconstruction"]
             mse = float(np.mean((rec - target) ** 2))
@@ -88,13 +89,13 @@ def tune_l1_lambda(val_dir: Path, acceleration: float, device: torch.device, gri
 
 
 def baseline_methods(val_dir: Path, accelerations: list[float], device: torch.device,
-                     grid=L1_GRID, max_slices: int = 2, log: Callable[[float, float, dict], None] | None = None
-                     ) -> list[Method]:
+                     grid=L1_GRID, max_slices: int = 2, log: Callable[[float, float, dict], None] | None = None,
+                     mask_kind: str = "random") -> list[Method]:
     """zero-filled, CG-SENSE and L1-wavelet, the L1 weight tuned per acceleration on ``val_dir`` (never on the
     test block) and recorded with its outputs; ``log(R, weight, val PSNR per weight)`` reports each choice."""
     lams = {}
     for R in accelerations:
-        lams[R], scores = tune_l1_lambda(val_dir, R, device, grid=grid, max_slices=max_slices)
+        lams[R], scores = tune_l1_lambda(val_dir, R, device, grid=grid, max_slices=max_slices, mask_kind=mask_kind)
         if log is not None:
             log(R, lams[R], scores)
     return [Method("zero-filled", lambda R: classical_method("zero-filled"), needs_maps=False),
