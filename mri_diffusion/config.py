@@ -15,7 +15,7 @@ import yaml
 
 from .nn import NetConfig
 
-LOSSES = ("dsm", "gsure", "ambient")
+LOSSES = ("dsm", "gsure", "ambient", "tweedie")
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,13 @@ class LossOptions:
     fd_rel: float = 1e-3          # gsure/ambient: finite-difference step relative to sigma
     weighted: bool = True         # density weighting W = 1/E[M]
     further_fraction: float = 0.2  # ambient: share of sampled outer lines dropped again
+    # tweedie (losses/tweedie.py; fully sampled noisy k-space): double Tweedie above sigma_n on every sample,
+    # plus the two-draw consistency term below sigma_n on a random share of each batch's samples
+    consistency_fraction: float = 0.25  # tweedie: expected share of samples with the consistency term (0: off);
+    #                                     costs 3 extra network evaluations each (B + 3 K per step)
+    consistency_weight: float = 1.0     # tweedie: its weight (scaled by 1/fraction: the fraction sets cost only)
+    consistency_t_ratio: float = 2.0    # tweedie: upper level t log-uniform in [sigma_n, ratio sigma_n] (1: t = sigma_n)
+    consistency_grad: bool = False      # tweedie: also train through D(x_t, t) and the reverse-step draws
 
     def inverse(self):
         """The fixed linear approximate pseudo-inverse of gsure/ambient (``physics.polyinv``)."""
@@ -53,6 +60,12 @@ class LossOptions:
         _check(0 <= self.further_fraction < 1, "loss_options.further_fraction", self.further_fraction,
                "must be in [0, 1)")
         _check(self.p_std > 0, "loss_options.p_std", self.p_std, "must be > 0")
+        _check(0 <= self.consistency_fraction <= 1, "loss_options.consistency_fraction", self.consistency_fraction,
+               "must be in [0, 1]")
+        _check(self.consistency_weight >= 0, "loss_options.consistency_weight", self.consistency_weight,
+               "must be >= 0")
+        _check(self.consistency_t_ratio >= 1, "loss_options.consistency_t_ratio", self.consistency_t_ratio,
+               "must be >= 1 (t >= sigma_n)")
 
 
 @dataclass(frozen=True)

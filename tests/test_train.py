@@ -94,8 +94,22 @@ def test_resume_continues_exactly(prepared, tmp_path):
         train(tiny(**{"optim.lr": 0.5}), prepared, tmp_path / "a", resume=True, progress=False, tensorboard=False)
 
 
-@pytest.mark.parametrize("loss", ["gsure", "ambient"])
-def test_self_supervised_training_never_reads_targets(prepared, tmp_path, loss):
+@pytest.fixture(scope="module")
+def prepared_full(tmp_path_factory):
+    """Fully sampled (-R 1) noisy k-space: what the tweedie loss trains on."""
+    from data_prep.prepare import PrepConfig, prepare
+
+    d = tmp_path_factory.mktemp("prep_full")
+    src = d / "src"
+    src.mkdir()
+    write_multicoil(src / "vol_0.h5", slices=3, coils=4, h=40, w=48, noise=0.02, seed=0)
+    prepare([src], d / "set", PrepConfig(acceleration=1.0, shard_size=4), progress=False)
+    return d / "set"
+
+
+@pytest.mark.parametrize("loss", ["gsure", "ambient", "tweedie"])
+def test_self_supervised_training_never_reads_targets(request, tmp_path, loss):
+    prepared = request.getfixturevalue("prepared_full" if loss == "tweedie" else "prepared")
     stripped = tmp_path / "stripped"
     shutil.copytree(prepared, stripped)
     shutil.rmtree(stripped / "targets")

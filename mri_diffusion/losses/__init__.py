@@ -1,16 +1,17 @@
 """Training losses. Each takes (denoiser, batch, generator) and returns a per-sample loss (B,).
 
-``dsm`` needs clean targets (the supervised reference). ``gsure`` and ``ambient`` see only what a scanner
-gives (k-space, mask, coil maps, noise level) and are handed ``batch.without_target()``.
+``dsm`` needs clean targets (the supervised reference). ``gsure``, ``ambient`` and ``tweedie`` see only what a
+scanner gives (k-space, mask, coil maps, noise level) and are handed ``batch.without_target()``.
 """
 
 from .ambient import ambient_loss
 from .common import edm_weight, sample_sigma
 from .dsm import dsm_loss
 from .gsure import gsure_loss, gsure_terms, network_input, output_and_directional
+from .tweedie import tweedie_loss
 
 __all__ = ["ambient_loss", "edm_weight", "sample_sigma", "dsm_loss", "gsure_loss", "gsure_terms", "network_input",
-           "output_and_directional"]
+           "output_and_directional", "tweedie_loss"]
 
 
 def make_loss(name: str, opts, sigma_data: float = 0.5, residual_weight: float = 0.0):
@@ -46,4 +47,9 @@ def _base_loss(name: str, opts, sigma_data: float):
     if name == "ambient":
         return lambda d, b, g: ambient_loss(d, b.without_target(), g, further_fraction=opts.further_fraction,
                                             **sched, **stein)
+    if name == "tweedie":
+        return lambda d, b, g: tweedie_loss(d, b.without_target(), g, **sched,
+                                            consistency_fraction=opts.consistency_fraction,
+                                            consistency_weight=opts.consistency_weight,
+                                            t_ratio=opts.consistency_t_ratio, consistency_grad=opts.consistency_grad)
     raise ValueError(f"unknown loss {name!r}")
