@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,17 +38,34 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return path
 
 
+def _torch_load(path: Path) -> dict:
+    """``torch.load(weights_only=True)`` with refusals in our words: torch's own message suggests retrying with
+    ``weights_only=False``, i.e. running the file's code, which is exactly what must not happen."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        raise CheckpointError(f"{path}: not a checkpoint file (neither a PyTorch archive nor a pickle"
+                              f"{'; the file is empty' if not head else ''})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notice
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" (found {found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused: not a safe checkpoint. It holds pickled Python objects or code"
+                              f"{what}, which are never loaded here; only plain tensors, numbers, strings, lists and "
+                              "dicts (checkpoints written by mridiff train) are accepted") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        first = str(e).split(". ")[0].splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: not a weights-only checkpoint (it contains pickled objects or "
-                              f"code, which is never executed here): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({str(e).splitlines()[0]})") from None
+    ckpt = _torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mri-diffusion checkpoint")
     if ckpt.get("version") != VERSION:
