@@ -5,10 +5,19 @@ Determinism: the data order and every random draw of the loss come from generato
 (bit-identical on CPU). Rank 0 alone writes logs and checkpoints; each rank reads its share of the
 global batch (batch_size per rank). The loss (which may call the network several times: GSURE's
 divergence) runs inside one DDP forward so that gradients are reduced once per step.
+
+What the log shows (``log.csv``, TensorBoard, the progress bar): ``loss`` is the batch mean of the training
+loss. For gsure/ambient it is an unbiased estimate of the denoising error MINUS an unknown constant (the energy of
+the clean data, ``losses.gsure``), so it is often negative and jumps with the noise levels drawn each step; its
+gradient is what matters. ``heldout`` is a number to follow instead (:class:`HeldOut`): the relative error, on
+k-space samples held out of the network's input, of the EMA model on a fixed batch at a fixed noise level and
+seed. It is computed from measured k-space only (never a clean image), is comparable across steps, and lower is
+better; it includes a constant floor from the measurement noise.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -22,11 +31,15 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import PreparedDataset, collate
 from ..losses import make_loss
+from ..losses.common import per_channel_noise, sq_norm
+from ..losses.gsure import network_input
 from ..nn import EDMDenoiser
+from ..physics.sense import Sense
 from .checkpoint import load_checkpoint, save_checkpoint
 from .ema import EMA
 
-LOG_FIELDS = ["step", "loss", "loss_std", "grad_norm", "lr", "seconds", "slices_per_s"]
+LOG_FIELDS = ["step", "loss", "loss_std", "heldout", "grad_norm", "lr", "seconds", "slices_per_s"]
+LOSS_NOTE = {"gsure": "GSURE", "ambient": "ambient GSURE"}
 KEEP_CHECKPOINTS = 3
 
 
@@ -65,6 +78,41 @@ class LossModule(nn.Module):
 
     def forward(self, batch, generator):
         return self.loss_fn(self.denoiser, batch, generator)
+
+
+class HeldOut:
+    """Held-out k-space error of the EMA weights on a fixed batch (the first ``slices`` slices of the set).
+
+    A fixed share ``fraction`` of each slice's sampled k-space outside the fully sampled centre (density < 1; any
+    sampled k-space for fully sampled data) is held out; the network sees the rest, built as GSURE's input (``losses.gsure.network_input``) at the fixed
+    level sigma = ``sigma_rel`` sigma_data (at least 1.05 x the data's noise level) with fixed noise; the value is
+    ||M_h (A h - y)||^2 / ||M_h y||^2 over the batch, M_h the held-out samples. Reads k-space, mask, maps and
+    noise level only: never a target, whatever the loss.
+    """
+
+    def __init__(self, data: PreparedDataset, cfg: TrainConfig, model: nn.Module, device: torch.device,
+                 slices: int = 4, fraction: float = 0.25, sigma_rel: float = 0.2):
+        items = [{k: v for k, v in data[i].items() if k != "target"} for i in range(min(slices, len(data)))]
+        b = collate(items).to(device)
+        g = torch.Generator().manual_seed(cfg.train.seed + 7919)
+        outer = b.mask * (b.density < 1)  # sampled outside the fully sampled centre; all of it if fully sampled
+        outer = torch.where(outer.flatten(1).any(1).reshape(-1, *[1] * (b.mask.ndim - 1)), outer, b.mask)
+        self.hold = outer * (torch.rand(b.mask.shape, generator=g) < fraction).to(device)
+        self.batch, self.input_mask = b, b.mask - self.hold
+        eta = per_channel_noise(b.noise_std)
+        self.sigma = torch.clamp(torch.full_like(eta, sigma_rel * cfg.net.sigma_data), min=1.05 * eta)
+        self.inverse, self.seed = cfg.loss_options.inverse(), cfg.train.seed
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, ema: EMA) -> float:
+        self.model.load_state_dict(ema.state_dict())
+        g = torch.Generator(device=self.batch.kspace.device).manual_seed(self.seed)
+        inp = network_input(self.batch, self.sigma, g, self.inverse, input_mask=self.input_mask)
+        y = self.batch.kspace * self.hold
+        energy = float(sq_norm(y).sum())
+        return float(sq_norm(Sense(self.batch.maps, self.hold)(self.model(inp.u, self.sigma)) - y).sum()) / energy \
+            if energy > 0 else math.nan
 
 
 def batch_indices(step: int, n: int, batch_size: int, dist: Dist, seed: int) -> list[int]:
@@ -183,6 +231,12 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
         log.writeheader()
     bar = tqdm(total=cfg.train.steps, initial=start, desc=f"train {cfg.name}", unit="step",
                disable=not (progress and dist.main))
+    heldout = HeldOut(data, cfg, denoiser, device) if dist.main else None
+    if progress and dist.main and cfg.loss in LOSS_NOTE:
+        bar.write(f"note: the {LOSS_NOTE[cfg.loss]} loss is an unbiased estimate of the denoising error up to an "
+                  "unknown constant: it can be negative and jumps between steps. Follow 'heldout' (log.csv): the "
+                  "error on held-out k-space of the EMA model on a fixed batch, from measured data only; lower is "
+                  "better.")
     try:
         t_last = time.perf_counter()
         for step in range(start, cfg.train.steps):
@@ -208,17 +262,18 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
             if dist.main and (done % cfg.train.log_every == 0 or done == cfg.train.steps):
                 now = time.perf_counter()
                 row = {"step": done, "loss": losses[-1], "loss_std": float(per_sample.detach().float().std())
-                       if per_sample.numel() > 1 else 0.0, "grad_norm": gnorm, "lr": _lr(cfg, step),
+                       if per_sample.numel() > 1 else 0.0, "heldout": heldout(ema), "grad_norm": gnorm,
+                       "lr": _lr(cfg, step),
                        "seconds": now - t_last,
                        "slices_per_s": cfg.train.log_every * cfg.train.batch_size * dist.world / max(now - t_last, 1e-9)}
                 t_last = now
                 log.writerow(row)
                 log_f.flush()
                 if writer:
-                    for k in ("loss", "grad_norm", "lr", "slices_per_s"):
+                    for k in ("loss", "heldout", "grad_norm", "lr", "slices_per_s"):
                         writer.add_scalar(f"train/{k}", row[k], done)
+                bar.set_postfix(loss=f"{losses[-1]:.4g}", heldout=f"{row['heldout']:.4g}")
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4g}")
             out_of_time = deadline is not None and time.monotonic() > deadline
             if dist.main and (done % cfg.train.ckpt_every == 0 or done == cfg.train.steps or out_of_time):
                 checkpoint(done)
