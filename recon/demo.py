@@ -77,15 +77,6 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
 
 def _print_table(metrics_json: Path) -> None:
     """Mean +- 2 std over test volumes per method and acceleration (fastMRI protocol)."""
-    summary = json.loads(metrics_json.read_text())
-    click.echo(f"\n{'method':<24}{'R':>4}{'PSNR (dB)':>18}{'SSIM':>18}{'NMSE':>20}")
+    from recon.report import summary_text
 
-    def fmt(stat, spec):
-        two = stat.get("two_std")
-        return f"{stat['mean']:{spec}} +- {two:{spec}}" if two is not None else f"{stat['mean']:{spec}}"
-
-    for g in sorted(summary["groups"], key=lambda g: (float(g["acceleration"]), g["method"])):
-        click.echo(f"{g['method']:<24}{g['acceleration']:>4}{fmt(g['psnr'], '.2f'):>18}{fmt(g['ssim'], '.4f'):>18}"
-                   f"{fmt(g['nmse'], '.4f'):>20}")
-    if "protocol_text" in summary:
-        click.echo(f"({summary['protocol_text']})")
+    click.echo("\n" + summary_text(json.loads(metrics_json.read_text())))

@@ -42,6 +42,7 @@ import skimage
 
 from . import metrics as M
 from . import uncertainty
+from .coverage import check_coverage, target_names
 from .report import atomic_write_text, write_report
 
 __all__ = [
@@ -277,18 +278,17 @@ def _first_slices(gt: np.ndarray, pred: np.ndarray, pred_path: Path) -> np.ndarr
 
 
 def _crop_pair(gt: np.ndarray, pred: np.ndarray, item: _Item, target_path: Path):
-    """fastMRI crop of a pair; EvaluationError naming the file and both shapes."""
+    """Evaluation crop of a pair (``metrics.fastmri_crop``); EvaluationError naming the file and what differs."""
     if gt.shape[0] != pred.shape[0]:
         raise EvaluationError(
-            f"shape mismatch for {item.path}: prediction shape {tuple(pred.shape)} vs target "
-            f"shape {tuple(gt.shape)} ({target_path}): different number of slices")
+            f"{item.path}: prediction shape {tuple(pred.shape)} has {pred.shape[0]} slices, target "
+            f"{target_path} shape {tuple(gt.shape)} has {gt.shape[0]}")
     try:
         return M.fastmri_crop(gt, pred)
-    except ValueError as exc:
+    except ValueError:
         raise EvaluationError(
-            f"shape mismatch for {item.path}: prediction shape {tuple(pred.shape)} vs target "
-            f"shape {tuple(gt.shape)} ({target_path}); fastMRI crop to (W_t, W_t) = "
-            f"{M.fastmri_crop_shape(gt.shape)} impossible: {exc}") from None
+            f"{item.path}: prediction shape {tuple(pred.shape)} is smaller than the evaluation crop "
+            f"{M.fastmri_crop_shape(gt.shape)} of target {target_path} shape {tuple(gt.shape)}") from None
 
 
 # ------------------------------------------------------------------- scoring
@@ -304,8 +304,6 @@ def _score_item(item: _Item, target_dir: Path, protocol: str, target_key: Option
                 allow_nan: bool) -> tuple[dict, list[dict], str]:
     """Score one prediction file; returns (volume row, slice rows, reference key used)."""
     target_path = target_dir / item.path.name
-    if not target_path.is_file():
-        raise EvaluationError(f"no target for prediction {item.path}: {target_path} does not exist")
     gt, key = _read_target(target_path, target_key)
     pred, _ = _read_pred(item.path)
     gt = _first_slices(gt, pred, item.path)
@@ -409,64 +407,63 @@ def protocol_description(protocol: str, reference_key: str) -> str:
 # ------------------------------------------------------------------- panels
 
 
-def _choose_panel_file(items: Sequence[_Item]) -> str:
-    """First file name (sorted) predicted by the most methods."""
-    count: dict[str, int] = {}
-    for it in items:
-        count[it.path.name] = count.get(it.path.name, 0) + 1
-    best = max(count.values())
-    return sorted(n for n, c in count.items() if c == best)[0]
+def _pick_slices(slice_rows: Sequence[Mapping[str, Any]], acc: Any) -> list[tuple[str, str, int]]:
+    """(what, file, slice) of the best, median and worst slice by PSNR (mean over the methods at ``acc``; slices
+    every method scored), duplicates dropped."""
+    per: dict[tuple, list] = {}
+    for r in slice_rows:
+        if r["acceleration"] == acc and r["valid"] and r["psnr"] is not None:
+            per.setdefault((r["file"], r["slice"]), []).append(r["psnr"])
+    if not per:
+        return []
+    most = max(len(v) for v in per.values())
+    keys = sorted((k for k, v in per.items() if len(v) == most), key=lambda k: (float(np.mean(per[k])), k))
+    picks = [("best", keys[-1]), ("median", keys[len(keys) // 2]), ("worst", keys[0])]
+    out, seen = [], set()
+    for what, key in picks:
+        if key not in seen:
+            seen.add(key)
+            out.append((f"{what} slice by PSNR", *key))
+    return out
 
 
 def _build_panels(items: Sequence[_Item], target_dir: Path, target_key: Optional[str],
-                  file: str, slices: Optional[Sequence[int]],
-                  slice_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Read target and every method's reconstruction of ``file`` and build report panels."""
-    target_path = target_dir / file
-    gt, _ = _read_target(target_path, target_key)
-    crop = M.fastmri_crop_shape(gt.shape)
-    gt_c = M.center_crop(gt, crop)
-    vmax = float(np.nanmax(gt_c)) if np.isfinite(gt_c).any() else 1.0
-    sel = sorted((it for it in items if it.path.name == file),
-                 key=lambda it: (it.method, _acc_sort(it.acceleration)))
-    recs = []
-    for it in sel:
-        pred, std = _read_pred(it.path)
-        pred_c = M.center_crop(pred, crop)
-        std_c = None
-        if std is not None:
-            if std.shape == pred.shape:
-                std_c = M.center_crop(std, crop)
-            else:
-                warnings.warn(f"{it.path}: reconstruction_std shape {std.shape} differs from "
-                              f"reconstruction {pred.shape}; std map not shown", EvaluationWarning)
-        recs.append((it, pred_c, std_c))
-    n = min([gt_c.shape[0]] + [p.shape[0] for _, p, _ in recs])  # --max-slices runs hold the first n slices
-    chosen = [n // 2] if slices is None else [int(s) for s in slices]
-    for s in chosen:
-        if not 0 <= s < n:
-            raise EvaluationError(f"panel slice {s} out of range for {file} ({n} slices)")
+                  slice_rows: Sequence[Mapping[str, Any]], panel_file: Optional[str] = None,
+                  panel_slices: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+    """Report panels, per acceleration: the best, median and worst slice by PSNR (or ``panel_file`` at
+    ``panel_slices``, default its middle slice), the methods side by side, each with its own sampling mask."""
     lookup = {(r["method"], r["acceleration"], r["file"], r["slice"]): r for r in slice_rows}
-    accs = sorted({it.acceleration for it, _, _ in recs}, key=_acc_sort)
     panels = []
-    for s in chosen:
-        for acc in accs:  # one figure per acceleration: the methods side by side on the same mask
-            row, masks = [], []
+    for acc in sorted({it.acceleration for it in items}, key=_acc_sort):
+        picks = (_pick_slices(slice_rows, acc) if panel_file is None
+                 else [("", panel_file, s) for s in (panel_slices or [None])])
+        for what, file, s in picks:
+            gt, _ = _read_target(target_dir / file, target_key)
+            crop = M.fastmri_crop_shape(gt.shape)
+            gt_c = M.center_crop(gt, crop)
+            recs = []
+            for it in sorted((it for it in items if it.acceleration == acc and it.path.name == file),
+                             key=lambda it: it.method):
+                pred, std = _read_pred(it.path)
+                if std is not None and std.shape != pred.shape:
+                    warnings.warn(f"{it.path}: reconstruction_std shape {std.shape} differs from "
+                                  f"reconstruction {pred.shape}; std map not shown", EvaluationWarning)
+                    std = None
+                recs.append((it, M.center_crop(pred, crop), None if std is None else M.center_crop(std, crop)))
+            n = min([gt_c.shape[0]] + [p.shape[0] for _, p, _ in recs])  # --max-slices runs hold the first n
+            s = n // 2 if s is None else int(s)
+            if not 0 <= s < n:
+                raise EvaluationError(f"panel slice {s} out of range for {file} ({n} slices)")
+            row = []
             for it, pred_c, std_c in recs:
-                if it.acceleration != acc:
-                    continue
                 r = lookup.get((it.method, it.acceleration, file, s), {})
                 note = (f"slice PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}"
                         if r.get("valid") and r.get("psnr") is not None else "")
-                row.append({"label": it.label, "image": pred_c[s],
-                            "std": None if std_c is None else std_c[s], "note": note})
-                masks.append((it.label, _read_mask(it.path)))
-            known = [(lab, m) for lab, m in masks if m is not None]
-            mask = known[0][1] if known else None
-            differ = any(m.shape != mask.shape or not np.array_equal(m, mask) for _, m in known[1:])
-            panels.append({"file": file, "slice": s, "target": gt_c[s], "vmax": vmax, "recons": row,
-                           "title": "" if acc is None else f"R = {float(acc):g}", "mask": mask,
-                           "mask_note": f"masks differ between methods; shown: {known[0][0]}'s" if differ else ""})
+                row.append({"label": it.label, "image": pred_c[s], "std": None if std_c is None else std_c[s],
+                            "note": note, "mask": _read_mask(it.path)})
+            title = ", ".join(t for t in ("" if acc is None else f"R = {float(acc):g}", what) if t)
+            panels.append({"file": file, "slice": s, "target": gt_c[s], "recons": row, "title": title,
+                           "vmax": float(np.nanmax(gt_c)) if np.isfinite(gt_c).any() else 1.0})
     return panels
 
 
@@ -506,7 +503,7 @@ def _check_outputs(out_dir: Path, overwrite: bool) -> dict[str, Path]:
     if not overwrite:
         for p in paths.values():
             if p.exists():
-                raise FileExistsError(f"refusing to overwrite existing output {p} (pass overwrite=True)")
+                raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
     return paths
 
 
@@ -521,6 +518,7 @@ def evaluate_dirs(
     target_key: Optional[str] = None,
     overwrite: bool = False,
     allow_nan: bool = False,
+    allow_missing: bool = False,
     panel_file: Optional[str] = None,
     panel_slices: Optional[Sequence[int]] = None,
     title: str = "MRI reconstruction evaluation",
@@ -542,17 +540,21 @@ def evaluate_dirs(
         overwrite: replace existing outputs; otherwise FileExistsError.
         allow_nan: mark volumes with NaN/Inf invalid (excluded from means,
             EvaluationWarning) instead of raising EvaluationError.
-        panel_file: file shown in the report (default: first file name
-            predicted by the most methods).
-        panel_slices: slice indices shown (default: the middle slice).
+        allow_missing: score the pairs that exist when a method lacks a
+            prediction for a target (or a prediction has no target); the
+            missing pairs are named in the notes and ``summary['missing']``.
+            Without it they raise EvaluationError naming them.
+        panel_file: file shown in the report (default: per acceleration the
+            best, median and worst slice by PSNR over all files).
+        panel_slices: slice indices of ``panel_file`` (default: the middle one).
         title, extra_sections: passed to :func:`recon.report.write_report`.
 
     Returns:
         :class:`EvaluationResult`.
 
     Raises:
-        EvaluationError: missing target (named), shape mismatch (file and
-            both shapes), NaN/Inf (file and slices) unless ``allow_nan``,
+        EvaluationError: missing pairs (named) unless ``allow_missing``,
+            shape mismatch (file and both shapes), NaN/Inf (file and slices) unless ``allow_nan``,
             unreadable/empty folders, mixed reference keys.
         FileExistsError: an output exists and ``overwrite`` is False (nothing
             is modified).
@@ -565,7 +567,9 @@ def evaluate_dirs(
     if not target_dir.is_dir():
         raise EvaluationError(f"target folder {target_dir} does not exist")
     method_dirs = discover_method_dirs(pred_dirs)
-    items = _collect_items(method_dirs)
+    keys = [target_key] if target_key else list(TARGET_KEYS)
+    items, notes, missing = check_coverage(_collect_items(method_dirs), target_names(target_dir, keys), target_dir,
+                                           keys, allow_missing, EvaluationError)
 
     volume_rows, slice_rows, keys = [], [], set()
     for it in items:
@@ -579,12 +583,8 @@ def evaluate_dirs(
     ref_key = keys.pop()
 
     groups = summarize(volume_rows)
-    notes = []
-    file_sets = {tuple(g["files"]) for g in groups}
-    if len(file_sets) > 1:
-        notes.append("methods were evaluated on different sets of volumes; their means are "
-                      "not directly comparable")
-        warnings.warn(notes[-1], EvaluationWarning, stacklevel=2)
+    for note in notes:
+        warnings.warn(note, EvaluationWarning, stacklevel=2)
     n_invalid = sum(not r["valid"] for r in volume_rows)
     if n_invalid:
         notes.append(f"{n_invalid} volume(s) marked invalid (NaN/Inf) and excluded from the means")
@@ -603,6 +603,8 @@ def evaluate_dirs(
         "prediction_dirs": {label: str(p) for label, p in method_dirs},
         "n_volume_rows": len(volume_rows),
         "n_invalid": n_invalid,
+        "allow_missing": allow_missing,
+        "missing": missing,
         "notes": notes,
         "groups": groups,
     }
@@ -610,8 +612,7 @@ def evaluate_dirs(
     if unc:
         summary["uncertainty"] = unc
         extra_sections = list(extra_sections or []) + [("Uncertainty calibration", uncertainty.html_table(unc))]
-    pfile = panel_file or _choose_panel_file(items)
-    panels = _build_panels(items, target_dir, target_key, pfile, panel_slices, slice_rows)
+    panels = _build_panels(items, target_dir, target_key, slice_rows, panel_file, panel_slices)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = _check_outputs(out_dir, overwrite)

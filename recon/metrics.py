@@ -94,7 +94,8 @@ DATA_RANGE_RULE = {
 #: The crop applied by fastmri/evaluate.py before scoring.
 FASTMRI_CROP_RULE = (
     "centre crop of target and reconstruction to (W_t, W_t), W_t = width "
-    "(last axis) of the target, as in fastmri/evaluate.py"
+    "(last axis) of the target, as in fastmri/evaluate.py; a target shorter than "
+    "W_t (e.g. 256 x 340 single-coil) keeps its own height: (min(H_t, W_t), W_t)"
 )
 
 
@@ -138,10 +139,14 @@ def fastmri_crop_shape(target_shape: Sequence[int]) -> tuple[int, int]:
 
     Returns ``(W, W)``: fastMRI crops the target to
     ``(target.shape[-1], target.shape[-1])`` and then the reconstruction to the
-    (unchanged) width of the cropped target, i.e. the same square.
+    (unchanged) width of the cropped target, i.e. the same square. A target
+    shorter than it is wide (H < W, e.g. a 256 x 340 single-coil scan, where
+    fastmri/evaluate.py's crop fails) gets ``(H, W)``: the crop is limited to
+    the target's own shape, as fastMRI's data transforms crop to the target
+    shape (``min(target shape, crop)`` per axis).
     """
-    w = int(target_shape[-1])
-    return (w, w)
+    h, w = int(target_shape[-2]), int(target_shape[-1])
+    return (min(h, w), w)
 
 
 def fastmri_crop(
@@ -150,13 +155,13 @@ def fastmri_crop(
     """Apply the fastMRI evaluation crop to a target/prediction pair.
 
     Args:
-        gt: target, shape ``(slices, H_t, W_t)``; needs ``H_t >= W_t``.
-        pred: prediction, shape ``(slices, H_p, W_p)`` with ``H_p, W_p >= W_t``
-            (a larger, e.g. full field-of-view, prediction is cropped).
+        gt: target, shape ``(slices, H_t, W_t)``.
+        pred: prediction, shape ``(slices, H_p, W_p)`` at least as large as
+            the crop (a larger, e.g. full field-of-view, prediction is cropped).
 
     Returns:
         ``(gt_cropped, pred_cropped, crop)`` with both arrays of shape
-        ``(slices, W_t, W_t)`` and ``crop = (W_t, W_t)``.
+        ``(slices, *crop)``, ``crop = fastmri_crop_shape(gt.shape)``.
 
     Raises:
         ValueError: naming both shapes if either array is too small for the crop.

@@ -15,7 +15,8 @@ Reusable helpers for other report sections:
 * :func:`img_tag`, :func:`html_table` -- small HTML builders;
 * :func:`atomic_write_text` -- write a file via a temp name + ``os.replace``.
 
-Panel format accepted by :func:`write_report` (one dict per displayed slice and acceleration)::
+Panel format accepted by :func:`write_report` (one dict per displayed slice and acceleration; ``evaluate``
+shows the best, median and worst slice by PSNR at each acceleration)::
 
     {
         "file": "file1000.h5", "slice": 7,
@@ -23,14 +24,13 @@ Panel format accepted by :func:`write_report` (one dict per displayed slice and 
         "recons": [
             {"label": "sense R4", "image": (H, W) array,
              "std": (H, W) array or None,             # posterior std, optional
-             "note": "PSNR 31.2 dB, SSIM 0.81"},      # optional title suffix
+             "note": "PSNR 31.2 dB, SSIM 0.81",       # optional title suffix
+             "mask": (W,) or (H, W) array or None},   # optional sampling mask, shown in its own row
             ...
         ],
         "err_vmax": float,   # optional; default: largest 99.5th percentile
                              # of |recon - target| over the methods in the row
-        "title": "R = 4",    # optional, appended to the caption (evaluate: one panel per acceleration)
-        "mask": (W,) or (H, W) array,  # optional sampling mask, shown below the target
-        "mask_note": str,    # optional, e.g. that methods at this acceleration used different masks
+        "title": "R = 4, worst slice by PSNR",  # optional, appended to the caption
     }
 """
 
@@ -60,6 +60,7 @@ __all__ = [
     "panel_html",
     "render_report",
     "write_report",
+    "summary_text",
 ]
 
 ERROR_PERCENTILE = 99.5
@@ -202,6 +203,33 @@ def _summary_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """The summary table as plain text for the terminal (mean +- 2 std over volumes), notes, protocol."""
+    def fmt(stat: Optional[Mapping[str, Any]], spec: str) -> str:
+        if not stat or stat.get("mean") is None:
+            return "-"
+        two = stat.get("two_std")
+        return f"{stat['mean']:{spec}}" + (f" +- {two:{spec}}" if two is not None else "")
+
+    lines = [f"{'method':<28}{'R':>6}{'volumes':>9}{'PSNR (dB)':>18}{'SSIM':>20}{'NMSE':>22}"]
+    for g in sorted(summary.get("groups", []), key=lambda g: (_acc_key(g.get("acceleration")), str(g["method"]))):
+        acc = "-" if g.get("acceleration") is None else f"{g['acceleration']}"
+        inv = f" ({g['n_invalid']} invalid)" if g.get("n_invalid") else ""
+        lines.append(f"{str(g['method']):<28}{acc:>6}{g['n_volumes']:>9}{fmt(g['psnr'], '.2f'):>18}"
+                     f"{fmt(g['ssim'], '.4f'):>20}{fmt(g['nmse'], '.4g'):>22}{inv}")
+    lines += [f"note: {n}" for n in summary.get("notes", []) or []]
+    if summary.get("protocol_text"):
+        lines.append(f"({summary['protocol_text']})")
+    return "\n".join(lines)
+
+
+def _acc_key(acc: Any) -> float:
+    try:
+        return float(acc)
+    except (TypeError, ValueError):
+        return -1.0
+
+
 def _volume_table(volume_rows: Sequence[Mapping[str, Any]]) -> str:
     rows, classes = [], []
     for r in volume_rows:
@@ -266,13 +294,25 @@ def _cell(array: Optional[np.ndarray], vmin: float, vmax: float, cmap: str, capt
             f'<div class="cap">{html.escape(caption)}</div></td>')
 
 
+def _mask_cell(mask: Optional[np.ndarray], height: int) -> str:
+    """A sampling mask as an image (a 1-D mask (W,) drawn as columns) with its sampled share."""
+    if mask is None:
+        return "<td></td>"
+    m = np.asarray(mask, dtype=np.float64)
+    n = int(np.count_nonzero(m))
+    what = "k-space columns" if m.ndim == 1 else f"k-space samples ({m.shape[0]} x {m.shape[1]})"
+    text = f"sampling mask: {n} of {m.size} {what} ({100 * n / m.size:.1f} %, R = {m.size / max(n, 1):.2f})"
+    return _cell(np.tile(m, (height, 1)) if m.ndim == 1 else m, 0, 1, IMAGE_CMAP, text)
+
+
 def panel_html(panel: Mapping[str, Any]) -> str:
     """One panel row as an HTML ``<figure>``: a grid of embedded PNGs plus a caption.
 
     Grid columns: target, then one per method.  Grid rows: images on one grey
     scale ``0..vmax``; ``|recon - target|`` maps and (if any method has one)
     posterior std maps, all on one common scale ``0..err_vmax``
-    (:func:`error_scale`).  The scales are stated in the caption.
+    (:func:`error_scale`); each method's sampling mask in a row of its own.
+    The scales are stated in the caption.
     """
     recons = list(panel.get("recons", []))
     target = np.asarray(panel["target"], dtype=np.float64)
@@ -285,17 +325,7 @@ def panel_html(panel: Mapping[str, Any]) -> str:
     img_row = ('<tr><th class="l">image</th>' + _cell(target, 0, vmax, IMAGE_CMAP, "target")
                + "".join(_cell(np.asarray(r["image"], dtype=np.float64), 0, vmax, IMAGE_CMAP,
                                r.get("note") or l) for r, l in zip(recons, labels)) + "</tr>")
-    mask = panel.get("mask")
-    mask_cell = "<td></td>"
-    if mask is not None:
-        m = np.asarray(mask, dtype=np.float64)
-        n = int(np.count_nonzero(m))
-        what = "k-space columns" if m.ndim == 1 else f"k-space samples ({m.shape[0]} x {m.shape[1]})"
-        text = f"sampling mask: {n} of {m.size} {what} ({100 * n / m.size:.1f} %)"
-        if panel.get("mask_note"):
-            text += f"; {panel['mask_note']}"
-        mask_cell = _cell(np.tile(m, (target.shape[-2], 1)) if m.ndim == 1 else m, 0, 1, IMAGE_CMAP, text)
-    err_row = ('<tr><th class="l">|recon &minus; target|</th>' + mask_cell + "".join(
+    err_row = ('<tr><th class="l">|recon &minus; target|</th><td></td>' + "".join(
         _cell(np.abs(np.asarray(r["image"], dtype=np.float64) - target), 0, err_vmax, ERROR_CMAP,
               "|error| " + l) for r, l in zip(recons, labels)) + "</tr>")
     rows = [head, img_row, err_row]
@@ -303,6 +333,9 @@ def panel_html(panel: Mapping[str, Any]) -> str:
         rows.append('<tr><th class="l">posterior std</th><td></td>' + "".join(
             _cell(None if r.get("std") is None else np.asarray(r["std"], dtype=np.float64),
                   0, err_vmax, ERROR_CMAP, "std " + l) for r, l in zip(recons, labels)) + "</tr>")
+    if any(r.get("mask") is not None for r in recons):
+        rows.append('<tr><th class="l">sampling mask</th><td></td>' + "".join(
+            _mask_cell(r.get("mask"), target.shape[-2]) for r in recons) + "</tr>")
     name = f"{panel.get('file', '')} slice {panel.get('slice', '')}" + (f", {panel['title']}" if panel.get("title") else "")
     pct = 100.0 * err_vmax / vmax if vmax else float("nan")
     how = ("given" if panel.get("err_vmax") is not None
