@@ -43,7 +43,9 @@ def synthetic_batch(B: int, C: int, H: int, W: int, device) -> MRIBatch:
                     target=x).to(device)
 
 
-def time_step(loss_name, opts, net, batch, device, repeats):
+def time_step(loss_name, opts, net, batch, device, repeats, amp: bool = False):
+    """Median seconds of one optimizer step (loss, backward, AdamW) over ``repeats`` steps after one warm-up.
+    ``amp``: bf16 autocast around the loss, as the training loop does on CUDA (benchmarks/gpu_check.py)."""
     fn = make_loss(loss_name, opts)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     times = []
@@ -51,7 +53,9 @@ def time_step(loss_name, opts, net, batch, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        loss = fn(net, batch, torch.Generator(device=device).manual_seed(i)).mean()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            per_sample = fn(net, batch, torch.Generator(device=device).manual_seed(i))
+        loss = per_sample.float().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

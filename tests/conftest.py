@@ -122,3 +122,24 @@ def mc_file(tmp_path) -> Path:
     d = tmp_path / "mc"
     d.mkdir()
     return write_multicoil(d / "vol_a.h5")
+
+
+# --- devices ------------------------------------------------------------------------------------------------
+
+def device_names() -> list[str]:
+    """Devices of the ``device`` fixture: the comma-separated environment variable MRIDIFF_TEST_DEVICES, by
+    default "cpu,cuda". A default device that is missing (no GPU) skips its tests; one that was asked for
+    explicitly fails them (``benchmarks/gpu_check.py`` runs the device tests with MRIDIFF_TEST_DEVICES=cuda and
+    also fails on any skip)."""
+    return [d.strip() for d in os.environ.get("MRIDIFF_TEST_DEVICES", "cpu,cuda").split(",") if d.strip()]
+
+
+@pytest.fixture(params=device_names())
+def device(request) -> torch.device:
+    """A torch device for device-parametrised tests (ids "cpu", "cuda"; see ``device_names``)."""
+    dev = torch.device(request.param)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        if "MRIDIFF_TEST_DEVICES" in os.environ:
+            pytest.fail("MRIDIFF_TEST_DEVICES asks for cuda, and CUDA is not available", pytrace=False)
+        pytest.skip("no CUDA device")
+    return dev
