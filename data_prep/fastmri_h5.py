@@ -11,6 +11,7 @@ with key ``reconstruction`` (float32, same file name as the input).
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ def _open(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as e:
         msg = str(e)
-        hint = " (on a network file system try HDF5_USE_FILE_LOCKING=FALSE)" if "lock" in msg else ""
+        hint = " (on a network file system try HDF5_USE_FILE_LOCKING=FALSE)" if re.search(r"\block", msg) else ""
         raise DataError(f"{path}: cannot open as HDF5: truncated or corrupt file ({msg}){hint}") from None
 
 
@@ -102,6 +103,8 @@ def open_volume(path: str | Path, expect: str | None = None) -> Volume:
                 raise DataError(f"{path}: 'mask' shape {m.shape} does not match k-space width {W} (kspace {ks.shape})")
             if not np.all((m == 0) | (m == 1)):
                 raise DataError(f"{path}: 'mask' values must be 0/1")
+            if not m.any():
+                raise DataError(f"{path}: 'mask' is all zero: it samples no k-space column (kspace {ks.shape})")
             mask = m
         target_key = next((k for k in TARGET_KEYS if k in f), None)
         if target_key is not None and f[target_key].shape[0] != S:
@@ -152,30 +155,31 @@ def read_target(path: str | Path, key: str | None = None) -> tuple[np.ndarray, s
         return np.asarray(f[keys[0]][()], dtype=np.float32), keys[0]
 
 
-def list_h5(inputs, strict: bool = False) -> list[Path]:
-    """Expand files/folders to ``.h5`` files; unreadable ones are skipped with a warning (folder mode).
+def list_h5(inputs, strict: bool = False, errors: list | None = None) -> list[Path]:
+    """Expand files/folders to ``.h5`` files.
 
-    A single file given directly that cannot be opened raises ``DataError``.
+    An unreadable file inside a folder is skipped with a warning, or, when ``errors`` is a list, appended to it
+    as ``(path, reason)`` for the caller to report (``recon`` lists every failed input and exits non-zero).
+    A single file given directly that cannot be opened raises ``DataError`` (also appended when ``errors`` is
+    given); ``strict`` raises for folder members too.
     """
     out: list[Path] = []
     for item in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
         p = Path(item)
         if not p.exists():
             raise DataError(f"{p}: no such file or directory")
-        if p.is_file():
-            _open(p).close()
-            out.append(p)
-            continue
-        for c in sorted(p.iterdir()):
-            if not c.is_file() or c.name.startswith("."):
-                continue
-            if c.suffix != ".h5":
+        members = [p] if p.is_file() else [c for c in sorted(p.iterdir()) if c.is_file() and not c.name.startswith(".")]
+        for c in members:
+            if c is not p and c.suffix != ".h5":
                 warnings.warn(f"skipping {c}: not an .h5 file")
                 continue
             try:
                 _open(c).close()
             except DataError as e:
-                if strict:
+                if errors is not None and not strict:
+                    errors.append((c, str(e)))
+                    continue
+                if strict or c is p:
                     raise
                 warnings.warn(f"skipping {e}")
                 continue

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from .cli_util import (ACCELERATION, FRACTION, POSITIVE_INT, Number, check_acceleration, device as _device,
+                       key_values as _key_values, matrix as _matrix, message_only_warnings, refuse_unused, split_pairs)
+
 COLIN27 = "/usr/share/mricron/templates/ch2better.nii.gz"
 
 
@@ -33,27 +36,14 @@ def _friendly_errors(fn):
     return wrapper
 
 
-def _device(name: str):
-    import torch
+def _virtual_coils(text: str, method: str) -> int:
+    """--virtual-coils: 'auto' (8 for diffusion, else off) or a number >= 0."""
+    from recon.diffusion import DEFAULT_VIRTUAL_COILS
 
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda requested but CUDA is not available on this machine")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def _key_values(items, option: str) -> dict:
-    """('a.b=1', 'c=[1, 2]') -> {'a.b': 1, 'c': [1, 2]} (values parsed as YAML)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected key=value", param_hint=option)
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+    n = (DEFAULT_VIRTUAL_COILS if method == "diffusion" else 0) if text == "auto" else int(text) if text.isdigit() else -1
+    if n < 0:
+        raise click.BadParameter(f"{text!r}: expected 'auto' or a number of coils >= 0", param_hint="--virtual-coils")
+    return n
 
 
 def _setup_torch():
@@ -62,23 +52,15 @@ def _setup_torch():
     torch.set_flush_denormal(True)
 
 
-def _matrix(text: str | None, hint: str = "--full-matrix") -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected HxW, e.g. 128x128", param_hint=hint) from None
-    return h, w
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mri-diffusion")
-def main():
+@click.pass_context
+def main(ctx):
     """mri-diffusion: MRI reconstruction with diffusion priors learned without clean images.
 
     Typical flow: simulate (or bring fastMRI .h5 files) -> recon -> evaluate. `mridiff demo` runs it all.
     """
+    message_only_warnings(ctx)
 
 
 @main.command()
@@ -153,83 +135,102 @@ def simulate(ctx, source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap
                f"noise std {summary['noise_std']:.3g}")
 
 
+DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options", "save_samples", "batch_slices")
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output folder (fastMRI submission layout: same file names, key 'reconstruction').")
+              help="Output folder (fastMRI submission layout: same file names, key 'reconstruction'). Finished "
+                   "files made with the same settings are skipped, so a re-run resumes an interrupted run.")
 @click.option("--method", type=click.Choice(["zero-filled", "sense", "l1-wavelet", "diffusion"]), default="sense",
               show_default=True)
 @click.option("--checkpoint", default=None,
               help="Prior for --method diffusion: a checkpoint from mridiff train, or 'builtin'.")
 @click.option("--sampler", type=click.Choice(["cg", "dps", "pc", "langevin"]), default="cg", show_default=True)
-@click.option("--steps", type=int, default=None, help="Noise levels of the sampler (default: the sampler's own).")
-@click.option("--samples", default=4, show_default=True, help="Posterior samples per slice (mean + std).")
-@click.option("--sampler-option", "sampler_options", multiple=True, help="key=value passed to the sampler, e.g. eta=1.0")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Noise levels of the sampler (default: the sampler's own).")
+@click.option("--samples", type=POSITIVE_INT, default=4, show_default=True,
+              help="Posterior samples per slice (mean + std; 1: no std).")
+@click.option("--sampler-option", "sampler_options", multiple=True,
+              help="key=value passed to the sampler, e.g. eta=1.0 (a wrong key lists the valid ones).")
 @click.option("--save-samples", is_flag=True, help="Also write the sample magnitudes (reconstruction_samples).")
 @click.option("--mask", "mask_kind", type=click.Choice(["random", "equispaced", "poisson"]), default="random",
               show_default=True, help="Retrospective mask for files without their own 'mask'.")
-@click.option("--acceleration", "-R", default=4.0, show_default=True)
-@click.option("--center-fraction", type=float, default=None, help="Default: 0.08 at R<8, 0.04 at R>=8 (fastMRI).")
+@click.option("--acceleration", "-R", type=ACCELERATION, default=4.0, show_default=True,
+              help="Requested acceleration; the files record it and the effective one (1 / sampled fraction).")
+@click.option("--center-fraction", type=FRACTION, default=None, help="Default: 0.08 at R<8, 0.04 at R>=8 (fastMRI).")
 @click.option("--seed", default=0, show_default=True, help="Mask seed (combined with each file name).")
-@click.option("--sense-iters", default=30, show_default=True)
-@click.option("--sense-lambda", default=1e-2, show_default=True, help="Tikhonov weight of CG-SENSE (normalised data).")
-@click.option("--l1-lambda", default=1e-3, show_default=True, help="L1-wavelet weight on ACS-normalised data.")
-@click.option("--l1-iters", default=100, show_default=True)
-@click.option("--max-slices", type=int, default=None, help="Reconstruct at most this many slices per file.")
+@click.option("--sense-iters", type=POSITIVE_INT, default=30, show_default=True)
+@click.option("--sense-lambda", type=Number(low=0), default=1e-2, show_default=True,
+              help="Tikhonov weight of CG-SENSE (normalised data).")
+@click.option("--l1-lambda", type=Number(low=0), default=1e-3, show_default=True,
+              help="L1-wavelet weight on ACS-normalised data.")
+@click.option("--l1-iters", type=POSITIVE_INT, default=100, show_default=True)
+@click.option("--max-slices", type=POSITIVE_INT, default=None, help="Reconstruct at most this many slices per file.")
 @click.option("--challenge", type=click.Choice(["auto", "multicoil", "singlecoil"]), default="auto",
               show_default=True, help="Refuse files of the other kind.")
 @click.option("--virtual-coils", default="auto", show_default=True,
               help="SVD-compress scans with more coils to this many virtual coils (0: off). auto: 8 for "
                    "--method diffusion (CG data consistency then costs 8 coils' FFTs; -0.1 dB on 15 coils, "
                    "BENCHMARKS.md), off for the classical methods.")
-@click.option("--batch-slices", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--batch-slices", type=POSITIVE_INT, default=1, show_default=True,
               help="Slices sampled together (batch = slices x samples) for --method diffusion; same results, "
                    "faster on a GPU.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--overwrite", is_flag=True, help="Redo outputs that exist (by default finished files made with the "
+              "same settings are skipped, and files made with other settings are refused).")
+@click.option("--keep-going", is_flag=True, help="Reconstruct what can be and exit 0 even when some inputs fail "
+              "(they are still listed). Without it, an unreadable input stops the run before any work, and one "
+              "that fails during reconstruction makes it exit 1 after the others.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
 @_friendly_errors
-def recon(inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples, mask_kind,
-          acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices, challenge,
-          virtual_coils, batch_slices, device, overwrite, quiet):
+def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples,
+          mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
+          challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
-    from recon.pipeline import MaskSpec, classical_method, run
+    from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
+    refuse_unused(ctx, method, {**{k: ("diffusion",) for k in DIFFUSION_ONLY}, "sense_iters": ("sense",),
+                                "sense_lambda": ("sense",), "l1_lambda": ("l1-wavelet",), "l1_iters": ("l1-wavelet",)})
+    check_acceleration(acceleration, mask_kind, center_fraction)
     _setup_torch()
-    if virtual_coils == "auto":
-        from recon.diffusion import DEFAULT_VIRTUAL_COILS
-
-        n_virtual = DEFAULT_VIRTUAL_COILS if method == "diffusion" else 0
-    else:
-        try:
-            n_virtual = int(virtual_coils)
-        except ValueError:
-            raise click.BadParameter(f"{virtual_coils!r}: expected 'auto' or a number of coils",
-                                     param_hint="--virtual-coils") from None
-        if n_virtual < 0:
-            raise click.BadParameter(f"{n_virtual}: must be >= 0", param_hint="--virtual-coils")
+    n_virtual = _virtual_coils(virtual_coils, method)
     spec = MaskSpec(mask_kind, acceleration, center_fraction, seed)
     dev = _device(device)
     attrs = {}
     if method == "diffusion":
-        from recon.diffusion import DiffusionRecon, load_prior
+        from recon.diffusion import DiffusionRecon, load_prior, parse_sampler_options
 
         if checkpoint is None:
             raise click.UsageError("--method diffusion needs --checkpoint")
-        opts = _key_values(sampler_options, "--sampler-option")
-        net, cfg, _ = load_prior(checkpoint, dev)
+        try:  # checked before the prior is loaded
+            opts = parse_sampler_options(sampler, split_pairs(sampler_options, "--sampler-option"))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--sampler-option") from None
+        net, cfg, ck = load_prior(checkpoint, dev)
         fn = DiffusionRecon(net, sampler, steps, samples, seed, save_samples, opts)
-        attrs = {"checkpoint": str(checkpoint), "prior": cfg.name, "sampler": sampler, "samples": samples,
-                 "network_calls_per_sample": fn.calls_per_sample}
+        settings, attrs, what = fn.describe(checkpoint, cfg, ck)
     else:
-        fn = classical_method(method, sense_iters=sense_iters, sense_lambda=sense_lambda, l1_lambda=l1_lambda,
-                              l1_iters=l1_iters)
+        params = {"sense": {"sense_iters": sense_iters, "sense_lambda": sense_lambda},
+                  "l1-wavelet": {"l1_iters": l1_iters, "l1_lambda": l1_lambda}}.get(method, {})
+        fn = classical_method(method, **params)
+        settings = dict(params)
+        what = ", ".join(f"{k} {v:g}" for k, v in params.items()) or "no parameters"
     label = f"diffusion-{attrs['prior']}" if method == "diffusion" else method
-    written = run(list(inputs), out_dir, label, fn, spec, dev, overwrite=overwrite, attrs=attrs,
+    try:
+        res = run(list(inputs), out_dir, label, fn, spec, dev, overwrite=overwrite, attrs=attrs,
                   max_slices=max_slices, progress=not quiet, expect=None if challenge == "auto" else challenge,
                   needs_maps=method != "zero-filled", virtual_coils=n_virtual or None,
-                  batch_slices=batch_slices)
-    click.echo(f"wrote {len(written)} file(s) to {out_dir}")
+                  batch_slices=batch_slices, keep_going=keep_going, settings=settings)
+    except RunFailed as e:
+        click.echo(e.result.used_line(label, what, spec))
+        raise click.ClickException(str(e)) from None
+    click.echo(res.used_line(label, what, spec))
+    if res.failed:
+        click.echo(res.failure_text(len(res.failed) + len(res.written) + len(res.skipped)), err=True)
+    done = f"; {len(res.skipped)} finished file(s) skipped (same settings)" if res.skipped else ""
+    click.echo(f"wrote {len(res.written)} file(s) to {out_dir}{done}")
 
 
 @main.command()
@@ -242,19 +243,31 @@ def recon(inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_
               help="fastmri: per volume, data_range = volume max. slice: per slice, its own max.")
 @click.option("--target-key", default=None, help="Default: reconstruction_rss or reconstruction_esc, whichever exists.")
 @click.option("--allow-nan", is_flag=True, help="Mark NaN reconstructions invalid instead of failing.")
+@click.option("--allow-missing", is_flag=True, help="Score the pairs that exist when a method lacks predictions for "
+              "some targets (or a prediction has no target); the missing ones are listed in the report and JSON. "
+              "Without it, missing pairs are an error naming them.")
 @click.option("--overwrite", is_flag=True)
 @_friendly_errors
-def evaluate(preds, target, out_dir, protocol, target_key, allow_nan, overwrite):
-    """NMSE / PSNR / SSIM (fastMRI protocol) -> metrics.csv, metrics.json, report.html."""
+def evaluate(preds, target, out_dir, protocol, target_key, allow_nan, allow_missing, overwrite):
+    """NMSE / PSNR / SSIM (fastMRI protocol) -> metrics.csv, metrics.json, report.html; the summary table is
+    printed too."""
     from recon.evaluate import EvaluationError, evaluate_dirs
+    from recon.report import summary_text
 
-    pred = preds[0] if len(preds) == 1 else {p.name: p for p in preds}
+    names: dict[str, Path] = {}
+    for p in preds:
+        if p.name in names:
+            raise click.BadParameter(f"two folders are both named {p.name!r} (the method label): {names[p.name]} and "
+                                     f"{p}", param_hint="--pred")
+        names[p.name] = p
     try:
-        evaluate_dirs(pred, target, out_dir, protocol=protocol, target_key=target_key, overwrite=overwrite,
-                      allow_nan=allow_nan)
+        res = evaluate_dirs(preds[0] if len(preds) == 1 else names, target, out_dir, protocol=protocol,
+                            target_key=target_key, overwrite=overwrite, allow_nan=allow_nan,
+                            allow_missing=allow_missing)
     except EvaluationError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {out_dir / 'report.html'}")
+    click.echo(summary_text(res.summary))
+    click.echo(f"wrote {out_dir / 'report.html'} (and metrics.csv, metrics_slices.csv, metrics.json)")
 
 
 @main.command()
@@ -283,12 +296,12 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--mask", "mask_kind", type=click.Choice(["random", "equispaced", "poisson"]), default="random",
               show_default=True, help="Retrospective training mask (a different seeded mask per slice).")
-@click.option("--acceleration", "-R", default=4.0, show_default=True)
-@click.option("--center-fraction", type=float, default=None, help="Default: 0.08 at R<8, 0.04 at R>=8.")
+@click.option("--acceleration", "-R", type=ACCELERATION, default=4.0, show_default=True)
+@click.option("--center-fraction", type=FRACTION, default=None, help="Default: 0.08 at R<8, 0.04 at R>=8.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--noise-std", type=float, default=None, help="k-space noise std (CN, file units); default: the file's noise_std attr, else estimated.")
-@click.option("--shard-size", default=64, show_default=True, help="Slices per shard file.")
-@click.option("--max-slices", type=int, default=None, help="At most this many slices per file.")
+@click.option("--noise-std", type=Number(low=0), default=None, help="k-space noise std (CN, file units); default: the file's noise_std attr, else estimated.")
+@click.option("--shard-size", type=POSITIVE_INT, default=64, show_default=True, help="Slices per shard file.")
+@click.option("--max-slices", type=POSITIVE_INT, default=None, help="At most this many slices per file.")
 @click.option("--no-targets", is_flag=True, help="Do not keep fully sampled targets even when the source has them.")
 @click.option("--view", default=None, help="Build a view set: lowres:F (k-space centre, fraction F of the matrix) "
               "or acs (the fully sampled centre columns of each training mask).")
@@ -302,6 +315,7 @@ def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_
     """Prepare a training set from fastMRI .h5 files: masks, scale, coil maps, noise level, shards."""
     from data_prep.prepare import PrepConfig, prepare
 
+    check_acceleration(acceleration, mask_kind, center_fraction)
     _setup_torch()
     cfg = PrepConfig(mask_type=mask_kind, acceleration=acceleration, center_fraction=center_fraction, seed=seed,
                      noise_std=noise_std, shard_size=shard_size, max_slices_per_file=max_slices,
@@ -320,7 +334,8 @@ def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--set", "overrides", multiple=True, help="Override a config value: --set train.steps=100")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-@click.option("--minutes", type=float, default=None, help="Stop (with a checkpoint) after this wall-clock budget.")
+@click.option("--minutes", type=Number(low=0, low_open=True), default=None,
+              help="Stop (with a checkpoint) after this wall-clock budget.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
@@ -329,7 +344,15 @@ def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, d
     """Train a denoiser D(x, sigma) (dsm, gsure or ambient; with views: view models, then the residual). Multi-GPU: torchrun --nproc_per_node=N $(which mridiff) train ..."""
     from mri_diffusion.config import TrainConfig
 
-    cfg = TrainConfig.from_yaml(config_path, _key_values(overrides, "--set"))
+    from mri_diffusion.config import ConfigError
+
+    TrainConfig.from_yaml(config_path)  # the file alone: its own errors name the file
+    try:
+        cfg = TrainConfig.from_yaml(config_path, _key_values(overrides, "--set"))
+    except (ConfigError, AttributeError, TypeError) as e:  # only the --set values changed: blame the option
+        msg = str(e).removeprefix(f"{config_path}: ")
+        raise click.BadParameter(msg if isinstance(e, ConfigError) else f"{msg} (a key under a non-mapping value)",
+                                 param_hint="--set") from None
     if dry_run:
         click.echo(cfg.to_yaml(), nl=False)
         return
@@ -348,9 +371,9 @@ def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, d
 
 @main.command()
 @click.option("--checkpoint", required=True, help="A checkpoint from mridiff train, or 'builtin'.")
-@click.option("--n", default=16, show_default=True, help="Number of samples.")
+@click.option("--n", type=POSITIVE_INT, default=16, show_default=True, help="Number of samples.")
 @click.option("--size", default="128,128", show_default=True, help="H,W of the samples.")
-@click.option("--steps", default=32, show_default=True, help="Heun steps (2N-1 network calls).")
+@click.option("--steps", type=POSITIVE_INT, default=32, show_default=True, help="Heun steps (2N-1 network calls).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", "out_png", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--raw-weights", is_flag=True, help="Use the raw weights instead of the EMA.")
@@ -367,11 +390,11 @@ def sample(checkpoint, n, size, steps, seed, out_png, raw_weights, overwrite, de
     from recon.figures import montage, save_png
     from recon.samplers import edm_heun, karras_sigmas
 
+    H, W = _matrix(size, hint="--size", sep=",")
     _setup_torch()
     check_writable(out_png, overwrite)
     dev = _device(device)
     net, cfg, _ = load_denoiser(checkpoint, use_ema=not raw_weights, device=dev)
-    H, W = (int(v) for v in size.split(","))
     x = edm_heun(net, (n, H, W), karras_sigmas(steps), torch.Generator(device=dev).manual_seed(seed), dev)
     mag = x.abs().float().cpu().numpy()
     if not np.all(np.isfinite(mag)):

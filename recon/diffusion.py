@@ -4,11 +4,15 @@ K posterior samples per slice run as one batch, and ``batch`` runs several slice
 (``mridiff recon --batch-slices``); each sample's noise is seeded by (file, slice, sample index, seed), so
 results do not depend on batching. Outputs: the posterior mean (its magnitude is the
 reconstruction), the posterior standard deviation sqrt(E|x - mean|^2) (``reconstruction_std``), and
-optionally the sample magnitudes (``reconstruction_samples``, (K, H, W) per slice).
+optionally the sample magnitudes (``reconstruction_samples``, (K, H, W) per slice). With one sample there is
+no std: nothing is written for it (``mridiff recon`` says so).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,47 @@ from mri_diffusion.physics import Sense
 
 from .pipeline import SliceResult
 from .samplers.common import NoiseSource, default_sigmas, derive_seed, get_sampler, network_calls
+
+
+_SIGNATURE = {"noise", "noise_std", "callback"}  # every sampler's shared keywords, not options
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def sampler_defaults(sampler: str) -> dict:
+    """Every option of sampler ``sampler`` (the keyword parameters of its ``sample``) with its default."""
+    params = inspect.signature(get_sampler(sampler)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in _SIGNATURE}
+
+
+def parse_sampler_options(sampler: str, raw: dict[str, str]) -> dict:
+    """``{key: text}`` from ``--sampler-option key=value`` -> typed values, checked against the sampler's own
+    keyword parameters (type from the default, else the annotation). ValueError naming the key otherwise;
+    booleans are true/false/yes/no/1/0 and nothing else."""
+    params = {p.name: p for p in inspect.signature(get_sampler(sampler)).parameters.values()
+              if p.kind is p.KEYWORD_ONLY and p.name not in _SIGNATURE}
+    out = {}
+    for key, text in raw.items():
+        if key not in params:
+            raise ValueError(f"{key!r} is not an option of sampler {sampler!r}; valid: {', '.join(sorted(params))}")
+        p, t = params[key], text.strip().lower()
+        ann = str(p.annotation)
+        kind = type(p.default) if p.default is not None else (int if ann.startswith("int") else float)
+        if p.default is None and t in ("none", "null"):
+            out[key] = None
+        elif kind is bool:
+            if t not in _BOOLS:
+                raise ValueError(f"{key}={text!r}: expected true/false (or yes/no, 1/0)")
+            out[key] = _BOOLS[t]
+        else:
+            try:
+                v = kind(text)
+            except ValueError:
+                raise ValueError(f"{key}={text!r}: expected {'an integer' if kind is int else 'a number'}"
+                                 + (" or none" if p.default is None else "")) from None
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{key}={text!r}: expected a finite number")
+            out[key] = v
+    return out
 
 
 # Scans with more coils are SVD-compressed to this many virtual coils before posterior sampling by default
@@ -40,12 +85,32 @@ class DiffusionRecon:
     options: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.samples < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError(f"samples ({self.samples}) and steps ({self.steps}) must be >= 1")
         self.sigmas = default_sigmas(self.sampler, self.steps)
         self.fn = get_sampler(self.sampler)
 
     @property
+    def all_options(self) -> dict:
+        """Every sampler option as used: the given ones over the sampler's defaults."""
+        return {**sampler_defaults(self.sampler), **self.options}
+
+    @property
     def calls_per_sample(self) -> int:
         return network_calls(self.sampler, len(self.sigmas) - 1, **self.options)
+
+    def describe(self, checkpoint, cfg, ck: dict) -> tuple[dict, dict, str]:
+        """(settings for the resume fingerprint, output attrs, one line for the terminal)."""
+        steps, opts = len(self.sigmas) - 1, self.all_options
+        settings = {"checkpoint": str(checkpoint), "prior_step": int(ck["step"]), "prior_config": cfg.hash(),
+                    "sampler": self.sampler, "steps": steps, "samples": self.samples, "seed": self.seed,
+                    "save_samples": self.save_samples, "sampler_options": opts}
+        attrs = {"checkpoint": str(checkpoint), "prior": cfg.name, "sampler": self.sampler, "samples": self.samples,
+                 "steps": steps, "sampler_options": json.dumps(opts), "network_calls_per_sample": self.calls_per_sample}
+        what = (f"sampler {self.sampler}, {steps} steps, {self.samples} sample(s) per slice"
+                + (" (one sample: no reconstruction_std is written)" if self.samples == 1 else "")
+                + f", options {', '.join(f'{k}={v}' for k, v in opts.items())}")
+        return settings, attrs, what
 
     def __call__(self, k: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, ctx: dict) -> SliceResult:
         return self.batch([(k, mask, maps, ctx)])[0]
@@ -78,9 +143,8 @@ class DiffusionRecon:
                 raise DataError(f"{ctx['file']}: slice {ctx['slice']}: a posterior sample contains NaN/Inf; "
                                 "nothing written for this file")
             mean = xs.mean(0)
-            std = (torch.sqrt(((xs - mean).abs() ** 2).mean(0)) if K > 1
-                   else torch.zeros(mean.shape, device=xs.device))
-            extra = {"reconstruction_std": std}
+            # one sample has no spread: no reconstruction_std at all rather than a map of zeros
+            extra = {"reconstruction_std": torch.sqrt(((xs - mean).abs() ** 2).mean(0))} if K > 1 else {}
             if self.save_samples:
                 extra["reconstruction_samples"] = xs.abs()
             out.append(SliceResult(mean, extra))

@@ -9,6 +9,8 @@ before reconstruction and the result multiplied back, so outputs are in the unit
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,6 +56,24 @@ def volume_mask(vol: Volume, spec: MaskSpec) -> tuple[torch.Tensor, str]:
     if vol.mask is not None:
         return mask_from_file(vol.mask, W, name=f"{vol.path}: 'mask'"), "file"
     return spec.sampler().sample((H, W), seed=seed_from(vol.name, spec.seed)), "retrospective"
+
+
+def check_achievable(vol: Volume, spec: MaskSpec) -> None:
+    """A retrospective 1-D mask cannot sample fewer columns than its fully sampled centre: refuse an -R above
+    W / n_centre (fastMRI's samplers would silently fall back to the centre alone)."""
+    if vol.mask is not None or spec.kind == "poisson":
+        return
+    W = vol.shape[1]
+    n = spec.sampler().num_low_frequencies(W)
+    if n * spec.acceleration > W:
+        raise DataError(f"{vol.path}: -R {spec.acceleration:g} cannot be reached at k-space width {W}: the fully "
+                        f"sampled centre alone ({n} of {W} columns, centre fraction {spec.sampler().cf:g}) gives "
+                        f"R = {W / n:.3g}; use a smaller -R or --center-fraction")
+
+
+def effective_acceleration(mask: torch.Tensor) -> float:
+    """1 / (sampled fraction) of a (1, 1, W) or (1, H, W) mask."""
+    return float(mask.numel() / mask.sum())
 
 
 def slice_noise_std(vol: Volume, k: torch.Tensor, mask: torch.Tensor, scale: float) -> float:
@@ -110,6 +130,7 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
         raise ValueError(f"batch_slices must be >= 1, got {batch_slices}")
     mask, mask_source = volume_mask(vol, spec)
     mask = mask.to(device)
+    which = f"{vol.path}: 'mask'" if mask_source == "file" else f"the retrospective {spec.kind} mask"
     n = vol.num_slices if max_slices is None else min(vol.num_slices, max_slices)
     recs: list = [None] * n
     extras: dict[str, list] = {}
@@ -141,7 +162,10 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
             continue
         k = k * mask  # retrospective undersampling (a no-op for test files, which are already masked)
         k = k + 0.0  # no negative zeros (fastMRI apply_mask)
-        scale = acs_scale(k, mask)
+        try:
+            scale = acs_scale(k, mask)
+        except ValueError as e:  # a mask that samples nothing near the centre of a non-zero slice
+            raise DataError(f"{vol.path}: slice {i}: {e}; {which} samples no k-space centre lines") from None
         k = k / scale
         U = None
         if virtual_coils and vol.multicoil and k.shape[0] > virtual_coils:
@@ -166,60 +190,155 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
     # 1-D masks as fastMRI stores them, (W,); 2-D (e.g. Poisson) masks as (H, W)
     result["mask"] = (mask[0, 0] if mask.shape[-2] == 1 else mask[0]).cpu().numpy()
     result["mask_source"] = mask_source
+    result["effective_acceleration"] = effective_acceleration(mask)
     result["seconds"] = time.perf_counter() - t0
     result["num_slices"] = n
     return result
 
 
+@dataclass
+class RunResult:
+    """What :func:`run` did: files written, finished files skipped (same settings), inputs that failed
+    (path, reason), and the effective acceleration of each file reconstructed."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    effective: dict[str, float] = field(default_factory=dict)
+
+    def used_line(self, label: str, what: str, spec: MaskSpec) -> str:
+        """One line: the method and its settings, the mask, requested and effective acceleration."""
+        eff = sorted(self.effective.values())
+        eff_txt = ("none reconstructed" if not eff else f"{eff[0]:.3g}" if len(eff) == 1
+                   else f"{eff[0]:.3g}..{eff[-1]:.3g} over {len(eff)} files")
+        cf = "" if spec.center_fraction is None else f", centre fraction {spec.center_fraction:g}"
+        return (f"used: {label} ({what}); mask {spec.kind}{cf} (files with their own 'mask' use it), "
+                f"R {spec.acceleration:g} requested, effective {eff_txt}; mask seed {spec.seed}")
+
+    def failure_text(self, total: int) -> str:
+        lines = [f"{len(self.failed)} of {total} input(s) failed; nothing was written for them:"]
+        return "\n".join(lines + [f"  - {why}" for _, why in self.failed])
+
+
+class RunFailed(DataError):
+    """Some inputs failed (the message lists them); ``result`` is what the run did."""
+
+    def __init__(self, message: str, result: RunResult):
+        super().__init__(message)
+        self.result = result
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished(path: Path, settings: dict) -> bool:
+    """True when ``path`` was written with ``settings``; FileExistsError naming what differs otherwise."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            old = json.loads(f.attrs.get("settings", "{}"))
+            same = f.attrs.get("settings_fingerprint") == fingerprint(settings)
+    except (OSError, ValueError):
+        old, same = {}, False
+    if same:
+        return True
+    diff = [f"{k}: {old.get(k, 'not recorded')} -> {settings[k]}" for k in sorted(settings) if old.get(k) != settings[k]]
+    raise FileExistsError(f"{path} exists and was made with other settings ({'; '.join(diff[:4])}); pass "
+                          "--overwrite to redo it, or choose another --out")
+
+
 def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec: MaskSpec,
         device: torch.device, overwrite: bool = False, max_slices: int | None = None, progress: bool = True,
         expect: str | None = None, strict: bool = False, attrs: dict | None = None,
-        needs_maps: bool = True, virtual_coils: int | None = None, batch_slices: int = 1) -> list[Path]:
-    """Reconstruct files/folders into ``out_dir`` (submission layout + ``<stem>.png``). Returns written files.
+        needs_maps: bool = True, virtual_coils: int | None = None, batch_slices: int = 1,
+        keep_going: bool = False, settings: dict | None = None) -> RunResult:
+    """Reconstruct files/folders into ``out_dir`` (submission layout + ``<stem>.png``).
 
-    Folder mode skips unreadable files with a warning; a single bad file raises ``DataError``.
-    Existing outputs are refused before any work unless ``overwrite``.
+    Before any work: every input is opened and checked, two inputs with the same file name (they would write
+    the same output) are refused naming both, and an input that cannot be read stops the run with a list of
+    every such input and why (``RunFailed``), unless ``keep_going``. An output that exists is skipped when it
+    was made with the same settings (its ``settings_fingerprint`` attr: re-running after an interrupt resumes),
+    redone with ``overwrite``, and refused naming the file and what differs otherwise. An input that fails
+    during reconstruction (NaN in a slice, ...) gets no output; the others are still done, and the run then
+    raises ``DataError`` listing every failure, unless ``keep_going`` (the failures are in the result).
+    ``settings``: method settings for the fingerprint (with the mask, method name and slice limit).
     """
     from data_prep.fastmri_h5 import list_h5
 
     out_dir = Path(out_dir)
-    files = list_h5(inputs, strict=strict)
-    if not files:
-        raise DataError(f"no readable .h5 files in {inputs}")
-    if not overwrite:
-        clash = [out_dir / f.name for f in files if (out_dir / f.name).exists()]
-        if clash:
-            raise FileExistsError(f"{clash[0]} exists; pass --overwrite to replace it")
-    written = []
-    single = len(files) == 1 and Path(inputs[0] if isinstance(inputs, (list, tuple)) else inputs).is_file()
+    res = RunResult()
+    files = list_h5(inputs, strict=strict, errors=res.failed)
+    by_name: dict[str, Path] = {}
+    for f in files + [p for p, _ in res.failed]:
+        if f.name in by_name:
+            raise DataError(f"two inputs have the same file name and would write the same output "
+                            f"{out_dir / f.name}: {by_name[f.name]} and {f}; reconstruct them into different --out "
+                            "folders")
+        by_name[f.name] = f
+    total = len(by_name)
+    if not total:
+        raise DataError(f"no .h5 files in {', '.join(map(str, inputs if isinstance(inputs, (list, tuple)) else [inputs]))}")
+    base = {"method": method_name, "mask": spec.kind, "acceleration": spec.acceleration,
+            "center_fraction": spec.center_fraction, "mask_seed": spec.seed, "max_slices": max_slices,
+            "virtual_coils": virtual_coils, **(settings or {})}
+    todo = []
     for f in files:
         try:
             vol = open_volume(f, expect=expect)
-            res = reconstruct_volume(vol, method, spec, device, max_slices=max_slices, progress=progress,
-                                     needs_maps=needs_maps, virtual_coils=virtual_coils,
-                                     batch_slices=batch_slices)
+            check_achievable(vol, spec)
         except DataError as e:
-            if single or strict:
-                raise
-            warnings.warn(f"skipping {f}: {e}")
+            res.failed.append((f, str(e)))
             continue
-        extra = {k: v for k, v in res.items() if k.startswith("reconstruction_")}
-        extra["mask"] = res["mask"]
-        meta = {"method": method_name, "acceleration": float(spec.acceleration) if res["mask_source"] != "file"
-                else float(vol.attrs.get("acceleration", 0) or 0),
-                "mask_source": res["mask_source"], "mask_type": spec.kind, "seed": spec.seed,
-                "seconds_per_slice": res["seconds"] / max(1, res["num_slices"]), **(attrs or {})}
-        if "virtual_coils" in res:
-            meta["virtual_coils"] = res["virtual_coils"]
-            meta["coil_energy_kept"] = res["coil_energy_kept"]
-        if res["num_slices"] < vol.num_slices:
-            meta["first_slices"] = res["num_slices"]  # evaluate scores these against the first target slices
-        path = write_reconstruction(out_dir / f.name, res["reconstruction"], extra=extra, attrs=meta,
-                                    overwrite=overwrite)
-        rec = res["reconstruction"]
-        save_png(out_dir / f"{f.stem}.png", montage(rec), vmax=float(rec.max()) or 1.0,
-                 title=f"{f.name}  {method_name}  R={meta['acceleration']:g}", overwrite=True)
-        written.append(path)
-    if not written:
-        raise DataError(f"no file could be reconstructed from {inputs} (see the warnings above)")
-    return written
+        wanted = {**base, "input": str(f.resolve())}
+        out = out_dir / f.name
+        if out.exists() and not overwrite and _finished(out, wanted):
+            res.skipped.append(out)
+            continue
+        todo.append((f, vol, wanted))
+    if res.failed and not keep_going:
+        raise RunFailed(res.failure_text(total) + "\nnothing was reconstructed; pass --keep-going to reconstruct "
+                        "the other inputs anyway", res)
+    for f, vol, wanted in todo:
+        try:
+            r = reconstruct_volume(vol, method, spec, device, max_slices=max_slices, progress=progress,
+                                   needs_maps=needs_maps, virtual_coils=virtual_coils, batch_slices=batch_slices)
+        except DataError as e:
+            if strict:
+                raise
+            res.failed.append((f, str(e)))
+            continue
+        res.written.append(_write(out_dir / f.name, vol, r, method_name, spec, attrs, wanted, overwrite))
+        res.effective[f.name] = r["effective_acceleration"]
+    if res.failed and not keep_going:
+        raise RunFailed(res.failure_text(total) + f"\n{len(res.written)} file(s) written to {out_dir}, "
+                        f"{len(res.skipped)} already finished; pass --keep-going to accept a partial result", res)
+    if not res.written and not res.skipped:
+        raise RunFailed(res.failure_text(total) + "\nno file could be reconstructed", res)
+    return res
+
+
+def _write(path: Path, vol: Volume, res: dict, method_name: str, spec: MaskSpec, attrs: dict | None,
+           settings: dict, overwrite: bool) -> Path:
+    """The submission file (reconstruction, extras, mask; attrs with requested and effective R, settings and
+    their fingerprint) and its PNG montage."""
+    extra = {k: v for k, v in res.items() if k.startswith("reconstruction_")}
+    extra["mask"] = res["mask"]
+    meta = {"method": method_name, "acceleration": float(spec.acceleration) if res["mask_source"] != "file"
+            else float(vol.attrs.get("acceleration", 0) or 0),
+            "effective_acceleration": res["effective_acceleration"],
+            "mask_source": res["mask_source"], "mask_type": spec.kind, "seed": spec.seed,
+            "seconds_per_slice": res["seconds"] / max(1, res["num_slices"]), **(attrs or {}),
+            "settings": json.dumps(settings, sort_keys=True, default=str), "settings_fingerprint": fingerprint(settings)}
+    if "virtual_coils" in res:
+        meta["virtual_coils"] = res["virtual_coils"]
+        meta["coil_energy_kept"] = res["coil_energy_kept"]
+    if res["num_slices"] < vol.num_slices:
+        meta["first_slices"] = res["num_slices"]  # evaluate scores these against the first target slices
+    write_reconstruction(path, res["reconstruction"], extra=extra, attrs=meta, overwrite=overwrite)
+    rec = res["reconstruction"]
+    R = f"R={meta['acceleration']:g} (effective {meta['effective_acceleration']:.3g})"
+    save_png(path.with_suffix(".png"), montage(rec), vmax=float(rec.max()) or 1.0,
+             title=f"{path.name}  {method_name}  {R}", overwrite=True)
+    return path
