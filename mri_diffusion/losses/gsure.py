@@ -77,15 +77,22 @@ def output_and_directional(denoiser: Denoiser, u: torch.Tensor, sigma: torch.Ten
 
     'jvp': forward-mode AD (exact). 'fd': forward difference with step fd_rel * sigma / rms(v) (two network
     calls). Under autocast a bf16 difference is mostly rounding (measured relative error 1.5x-476x), so
-    autocast is switched off here: the divergence, and the h it is taken around, are fp32.
+    autocast (and cuDNN's TF32) is switched off here: the divergence, and the h it is taken around, are fp32.
     """
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with torch.autocast(device_type=u.device.type, enabled=False), _no_tf32():
         if method == "jvp":
             return torch.func.jvp(lambda w: denoiser(w, sigma), (u,), (v,))
         h = denoiser(u, sigma)
         rms = torch.sqrt(sq_norm(v) / v[0].numel()).clamp_min(1e-12)
         delta = bcast(fd_rel * sigma / rms, u)
         return h, (denoiser(u + delta * v, sigma) - h) / delta
+
+
+def _no_tf32():
+    """cuDNN convolutions default to TF32 (10-bit mantissa) on CUDA: as coarse as bf16 for a difference
+    quotient. Switch it off for the divergence's two passes (a no-op on CPU)."""
+    c = torch.backends.cudnn
+    return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
 
 
 def gsure_terms(denoiser: Denoiser, batch: MRIBatch, sigma: torch.Tensor, generator: torch.Generator | None,
