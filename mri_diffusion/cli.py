@@ -72,19 +72,19 @@ def main(ctx):
 @click.option("--matrix", default=None,
               help="NIfTI: image matrix N (or NxN), default 128. h5: HxW centre of k-space to keep (a "
                    "lower-resolution acquisition of the same field of view), default the whole (cropped) matrix.")
-@click.option("--coils", default=8, show_default=True, help="Number of receive coils (birdcage maps).")
-@click.option("--snr-db", default=40.0, show_default=True,
+@click.option("--coils", type=POSITIVE_INT, default=8, show_default=True, help="Number of receive coils (birdcage maps).")
+@click.option("--snr-db", type=Number(), default=40.0, show_default=True,
               help="20 log10(mean foreground of the noise-free RSS image / CN noise std per k-space entry).")
-@click.option("--slice-step", default=3, show_default=True, help="NIfTI: use every n-th axial slice.")
-@click.option("--chunk", default=5, show_default=True, help="NIfTI: slices per output file (volume).")
-@click.option("--gap", default=2, show_default=True, help="NIfTI: slices dropped at each train/val/test boundary.")
-@click.option("--lowres", default=0.5, show_default=True,
+@click.option("--slice-step", type=POSITIVE_INT, default=3, show_default=True, help="NIfTI: use every n-th axial slice.")
+@click.option("--chunk", type=POSITIVE_INT, default=5, show_default=True, help="NIfTI: slices per output file (volume).")
+@click.option("--gap", type=click.IntRange(min=0), default=2, show_default=True, help="NIfTI: slices dropped at each train/val/test boundary.")
+@click.option("--lowres", type=Number(low=0, high=1), default=0.5, show_default=True,
               help="NIfTI: also write low-resolution scans (this fraction of the matrix) of the training slices; 0: off.")
 @click.option("--image-crop", default=None, help="h5: HxW image-domain centre crop of the source first (SIAT: 256x256).")
 @click.option("--split-train", default="0-13", show_default=True, help="h5: volume ids for multicoil_train/.")
 @click.option("--split-val", default="14-15", show_default=True, help="h5: volume ids for multicoil_val/.")
 @click.option("--split-test", default="16-19", show_default=True, help="h5: volume ids for multicoil_test/.")
-@click.option("--fov-mm", default=220.0, show_default=True, help="h5: nominal field of view along H (header only).")
+@click.option("--fov-mm", type=Number(low=0, low_open=True), default=220.0, show_default=True, help="h5: nominal field of view along H (header only).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @click.pass_context
@@ -275,10 +275,11 @@ def evaluate(preds, target, out_dir, protocol, target_key, allow_nan, allow_miss
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
               show_default=True)
 @click.option("--accelerations", default="4,8", show_default=True)
-@click.option("--max-slices", type=int, default=None, help="Per test file (for a quick look).")
+@click.option("--max-slices", type=POSITIVE_INT, default=None, help="Per test file (for a quick look).")
 @click.option("--fresh", is_flag=True, help="Start over instead of reusing finished stages.")
-@click.option("--minutes", default=8.0, show_default=True, help="Training budget of the demo's GSURE prior.")
-@click.option("--samples", default=2, show_default=True, help="Posterior samples per slice.")
+@click.option("--minutes", type=Number(low=0, low_open=True), default=8.0, show_default=True,
+              help="Training budget of the demo's GSURE prior.")
+@click.option("--samples", type=POSITIVE_INT, default=2, show_default=True, help="Posterior samples per slice.")
 @click.option("--no-train", is_flag=True, help="Skip training (baselines and the built-in prior only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @_friendly_errors
@@ -286,8 +287,14 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
     """Simulate -> prep -> train a GSURE prior (no clean images) -> reconstruct 4x/8x -> evaluate -> report."""
     from recon.demo import run_demo
 
+    try:
+        Rs = [ACCELERATION.convert(r, None, None) for r in accelerations.split(",")]
+    except click.BadParameter as e:
+        raise click.BadParameter(f"{e.message} (expected e.g. 4,8)", param_hint="--accelerations") from None
+    for R in Rs:
+        check_acceleration(R, "random", None, hint="--accelerations")
     _setup_torch()
-    run_demo(source, out_dir, [float(r) for r in accelerations.split(",")], max_slices=max_slices, fresh=fresh,
+    run_demo(source, out_dir, Rs, max_slices=max_slices, fresh=fresh,
              device=_device(device), minutes=minutes, samples=samples, train=not no_train)
 
 

@@ -37,20 +37,20 @@ FRACTION = Number(low=0.0, high=1.0, low_open=True)
 POSITIVE_INT = click.IntRange(min=1)
 
 
-def check_acceleration(acceleration: float, mask_kind: str, center_fraction: float | None) -> None:
+def check_acceleration(acceleration: float, mask_kind: str, center_fraction: float | None, hint: str = "-R") -> None:
     """A 1-D mask samples at least its fully sampled centre (a fraction cf of the columns), so R > 1/cf cannot be
     reached; a Poisson-disc mask needs R > 1 (sigpy)."""
     from mri_diffusion.physics.masks import default_center_fraction
 
     if mask_kind == "poisson":
         if acceleration <= 1:
-            raise click.BadParameter(f"{acceleration:g}: a Poisson-disc mask needs R > 1", param_hint="-R")
+            raise click.BadParameter(f"{acceleration:g}: a Poisson-disc mask needs R > 1", param_hint=hint)
         return
     cf = default_center_fraction(acceleration) if center_fraction is None else center_fraction
     if acceleration * cf > 1:
         raise click.BadParameter(
             f"{acceleration:g} cannot be reached: the fully sampled centre (centre fraction {cf:g}) alone samples "
-            f"1/{1 / cf:.3g} of the columns; use -R <= {1 / cf:.3g} or a smaller --center-fraction", param_hint="-R")
+            f"1/{1 / cf:.3g} of the columns; use R <= {1 / cf:.3g} or a smaller --center-fraction", param_hint=hint)
 
 
 def refuse_unused(ctx: click.Context, method: str, applies: dict[str, tuple[str, ...]]) -> None:

@@ -318,6 +318,21 @@ def test_sample_options_are_validated(tmp_path, option, value):
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.parametrize("args,option", [(["demo", "--accelerations", "4,abc"], "--accelerations"),
+                                         (["demo", "--accelerations", "100"], "--accelerations"),
+                                         (["simulate", "--coils", "0"], "--coils"),
+                                         (["simulate", "--lowres", "1.5"], "--lowres"),
+                                         (["prep", "IN", "-R", "nan"], "-R"),
+                                         (["prep", "IN", "--max-slices", "0"], "--max-slices"),
+                                         (["train", "--config", str(TINY), "--minutes", "0"], "--minutes")])
+def test_other_commands_validate_numbers(tmp_path, args, option):
+    (tmp_path / "in.h5").write_bytes(b"")
+    args = [str(tmp_path / "in.h5") if a == "IN" else a for a in args]
+    r = run(*args, "--out", tmp_path / "out")
+    assert r.exit_code == 2 and option in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_set_typo_is_blamed_on_the_option():
     r = run("train", "--config", TINY, "--set", "train.stepz=3", "--dry-run")
     assert r.exit_code == 2 and "Invalid value for" in r.output and "--set" in r.output and "train.stepz" in r.output
