@@ -35,9 +35,16 @@ def l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, lam
     y = kspace.detach().cpu().numpy().astype(np.complex64)
     mps = maps.detach().cpu().numpy().astype(np.complex64)
     w = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32).reshape(mask.shape[-2:]), y.shape[-2:])
-    app = sigpy.mri.app.L1WaveletRecon(y, mps, lam, weights=w.copy(),
-                                       wave_name=wavelet, max_iter=iters, show_pbar=False)
-    x = np.asarray(app.run())
+    # sigpy estimates the step size by a power iteration (MaxEig) that starts from numpy's global random state:
+    # seed it (and restore the caller's state) so that the same input gives the same reconstruction every run
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        app = sigpy.mri.app.L1WaveletRecon(y, mps, lam, weights=w.copy(),
+                                           wave_name=wavelet, max_iter=iters, show_pbar=False)
+        x = np.asarray(app.run())
+    finally:
+        np.random.set_state(state)
     return torch.from_numpy(x.astype(np.complex64)).to(kspace.device)
 
 
