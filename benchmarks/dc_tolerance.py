@@ -43,11 +43,10 @@ from data_prep.fastmri_h5 import list_h5, open_volume, read_kspace_slice, read_t
 from mri_diffusion.physics import Sense  # noqa: E402
 from mri_diffusion.physics.calib import estimate_maps  # noqa: E402
 from mri_diffusion.physics.cg import _dot  # noqa: E402
+from mri_diffusion.measurement import MeasurementModel  # noqa: E402
 from mri_diffusion.physics.masks import RandomMask, seed_from  # noqa: E402
-from mri_diffusion.physics.normalize import acs_scale  # noqa: E402
 from recon.diffusion import load_prior  # noqa: E402
 from recon.experiment import machine_line  # noqa: E402
-from recon.pipeline import slice_noise_std  # noqa: E402
 from recon.samplers.common import NoiseSource, default_sigmas, derive_seed, get_sampler, prox_solve  # noqa: E402
 
 ITERS = (1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40)
@@ -96,13 +95,11 @@ def condition(path: Path, index: int, R: float, crop: float):
     k = torch.from_numpy(read_kspace_slice(vol, index))
     H, W = k.shape[-2:]
     mask = RandomMask(R).sample((H, W), seed=seed_from(vol.name, 0))
-    k = k * mask + 0.0
-    scale = acs_scale(k, mask)
-    k = k / scale
-    maps = estimate_maps(k, mask, crop=crop)
-    nstd = slice_noise_std(vol, k, mask, scale)
-    target = read_target(path, "reconstruction_rss")[0][index] / scale
-    return k[None], Sense(maps[None], mask[None]), torch.tensor([nstd], dtype=torch.float32), target, vol.name
+    m = MeasurementModel().condition(k, mask, attrs=vol.attrs, where=f"{path}: slice {index}")
+    maps = m.maps if crop == 0 else estimate_maps(m.kspace, m.mask, crop=crop)
+    target = read_target(path, "reconstruction_rss")[0][index] / m.scale
+    return (m.kspace[None], Sense(maps[None], m.mask[None]), torch.tensor([m.noise_std], dtype=torch.float32), target,
+            vol.name)
 
 
 def psnr(rec, target):

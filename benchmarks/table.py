@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mri_diffusion.atomic import atomic_write_text  # noqa: E402
 from recon.evaluate import evaluate_dirs  # noqa: E402
 from recon.experiment import (L1_GRID, baseline_methods, git_commit, machine_line, prior_method,  # noqa: E402
                                run_methods)
@@ -137,9 +138,7 @@ def write_section(path: Path, text: str, section: str = "Benchmark table") -> No
         new = old[:old.index(begin)] + block + ("\n" + rest if rest else "")
     else:
         new = block + ("\n" + old if old else "")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    atomic_write_text(path, new, overwrite=True)
 
 
 def main(argv=None):

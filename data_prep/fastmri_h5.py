@@ -20,14 +20,12 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .atomic import atomic_write
+from mri_diffusion.atomic import atomic_write
+from mri_diffusion.types import DataError
+
 from .ismrmrd import HeaderInfo, parse_header
 
 TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
-
-
-class DataError(Exception):
-    """Bad input data; the message names file, key and shape."""
 
 
 @dataclass

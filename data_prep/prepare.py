@@ -1,17 +1,14 @@
 """fastMRI ``.h5`` files -> a prepared training set: masked, normalised k-space + mask + density + coil maps
 + noise level per slice, in shards, with a manifest (format: ``mri_diffusion.data``).
 
-Per slice (streamed, one slice in memory): the file's own ``mask`` when it has one (such a file is
-undersampled data and has no clean target), else a retrospective mask from the sampler, seeded by
-(file name, slice, seed) so that every slice gets its own, reproducible mask. The masked k-space is
-divided by ``acs_scale`` (99th percentile of the RSS image of the ACS lines only: measured data, the same
-rule as ``recon.pipeline``), coil maps are ESPIRiT on the ACS (``estimate_maps``; single-coil -> 1).
-
-Noise level ``noise_std`` = sigma_y, the CN std per k-space entry in normalised units (types.py), from the
-first of: ``PrepConfig.noise_std`` (raw units) / scale; the file's ``noise_std`` attribute (written by
-``data_prep.simulate``) / scale when ``use_file_noise_std``; else estimated from measured entries only
-(``estimate_noise_std``). The density of files with their own mask is that of the sampler the config
-describes (same kind and acceleration): the files carry one mask each, not their sampler.
+Per slice (streamed, one slice in memory), the one measurement model that ``recon`` uses too
+(``mri_diffusion.measurement``): the file's own ``mask`` when it has one (such a file is undersampled data and
+has no clean target), else a retrospective mask from the sampler, seeded by (file name, slice, seed) so that
+every slice gets its own, reproducible mask; the masked k-space divided by the ACS scale; ESPIRiT coil maps
+(``calib_rows``); the noise level ``noise_std`` = sigma_y (CN std per k-space entry, normalised units) from
+``PrepConfig.noise_std`` (raw units), else the file's ``noise_std`` attribute (``use_file_noise_std``), else
+estimated from measured entries only. The density of files with their own mask is that of the sampler the
+config describes (same kind and acceleration): the files carry one mask each, not their sampler.
 
 Targets (only when the source is fully sampled and ``keep_targets``): the SENSE-combined image
 x = sum_c conj(S_c) ifft2c(k_full / scale)_c and the RSS image of k_full / scale, stored under
@@ -47,27 +44,15 @@ import numpy as np
 import torch
 
 from mri_diffusion import __version__
+from mri_diffusion.atomic import atomic_write, atomic_write_text
 from mri_diffusion.data import FORMAT_VERSION, MANIFEST, PARTIAL_MANIFEST, SHARD_DIR, TARGET_DIR, shard_name
-from mri_diffusion.physics.calib import estimate_maps
+from mri_diffusion.measurement import (NOISE_RULE, SCALE_RULE, Measurement, MeasurementModel, choose_mask,
+                                       noise_source)
 from mri_diffusion.physics.fft import ifft2c
-from mri_diffusion.physics.masks import (acs_block, default_center_fraction, make_sampler, mask_from_file,
-                                         num_low_frequencies, seed_from)
-from mri_diffusion.physics.normalize import acs_scale
+from mri_diffusion.physics.masks import acs_block, default_center_fraction, make_sampler, num_low_frequencies, seed_from
 from mri_diffusion.physics.views import LowResView, centre_slices, parse_view, view_shape_for
 
-from .atomic import atomic_write, atomic_write_text
 from .fastmri_h5 import DataError, Volume, iter_kspace, list_h5, open_volume
-
-NOISE_EDGE_FRACTION = 0.08  # rows at each readout edge used by the noise estimate
-SCALE_RULE = "99th percentile of the ACS-only RSS image (mri_diffusion.physics.normalize.acs_scale)"
-NOISE_RULE = (
-    "noise_std = sigma_y, CN std per k-space entry (E|n|^2 = sigma_y^2) in normalised units: config noise_std "
-    "(raw units) / scale if given; else the file's 'noise_std' attribute / scale (simulated data) if "
-    "use_file_noise_std; else a robust MAD estimate on measured entries only: the outermost "
-    f"{NOISE_EDGE_FRACTION:.0%} of readout rows (H) at each edge, sampled entries, exact zeros excluded, "
-    "sigma_y = sqrt(2) * median(|Re|, |Im| pooled over coils) / 0.6745 (biased upward where signal reaches "
-    "the k-space edge)")
-
 
 @dataclass(frozen=True)
 class PrepConfig:
@@ -106,6 +91,10 @@ class PrepConfig:
     def sampler(self):
         return make_sampler(self.mask_type, self.acceleration, self.center_fraction)
 
+    def measurement_model(self) -> MeasurementModel:
+        return MeasurementModel(calib_rows=self.calib_rows, noise_std=self.noise_std,
+                                use_file_noise_std=self.use_file_noise_std)
+
 
 def prepare_config_from_args(**kwargs) -> PrepConfig:
     """PrepConfig from CLI-style keyword arguments; ``None`` means "default", unknown names are errors."""
@@ -117,26 +106,6 @@ def prepare_config_from_args(**kwargs) -> PrepConfig:
              "noise_std": float, "center_fraction": float, "calib_rows": int}
     clean = {k: (casts[k](v) if k in casts else v) for k, v in kwargs.items() if v is not None}
     return PrepConfig(**clean)
-
-
-def estimate_noise_std(kspace: torch.Tensor, mask: torch.Tensor, edge_fraction: float = NOISE_EDGE_FRACTION) -> float:
-    """sigma_y (CN std per entry) of masked k-space (C, H, W) from measured entries only.
-
-    MAD on the outermost ``edge_fraction`` of readout rows at each edge (where MR signal is weakest),
-    restricted to sampled, non-zero entries (zeros are unacquired or zero-padded): per real channel
-    sigma = median(|Re|, |Im|) / 0.6745 (Gaussian MAD), sigma_y = sqrt(2) sigma. Returns NaN when
-    fewer than 32 values are available.
-    """
-    C, H, W = kspace.shape
-    n = max(1, int(round(edge_fraction * H)))
-    rows = torch.cat([torch.arange(n), torch.arange(H - n, H)]).to(kspace.device)
-    sampled = (mask.reshape(-1, mask.shape[-2], W)[0] > 0).expand(H, W)[rows]
-    v = kspace[:, rows][:, sampled]
-    v = v[v != 0]
-    if v.numel() < 16:
-        return float("nan")
-    pooled = torch.cat([v.real.abs(), v.imag.abs()]).double()
-    return float(pooled.median() / 0.6745 * np.sqrt(2.0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,12 +172,7 @@ def _open_sources(inputs, cfg: PrepConfig, strict: bool) -> tuple[list[Volume], 
                 abs(float(vol.attrs["acceleration"]) - cfg.acceleration) > 1e-6:
             warnings.warn(f"{p}: file acceleration {vol.attrs['acceleration']} != configured {cfg.acceleration}; "
                           f"its density uses the configured sampler")
-        if cfg.noise_std is not None:
-            noise = "config"
-        elif cfg.use_file_noise_std and "noise_std" in vol.attrs:
-            noise = "file attribute"
-        else:
-            noise = "estimated"
+        noise = noise_source(cfg.noise_std, cfg.use_file_noise_std, vol.attrs)
         used = vol.num_slices if cfg.max_slices_per_file is None else min(vol.num_slices, cfg.max_slices_per_file)
         vols.append(vol)
         sources.append({"file": vol.name, "num_slices": vol.num_slices, "used_slices": used,
@@ -241,18 +205,21 @@ def view_geometry(cfg: PrepConfig, file_shape: tuple[int, int], path) -> dict | 
             "fraction": [vshape[0] / full[0], vshape[1] / full[1]], "scale_acs_width": acs_w}
 
 
+def _slice_mask(vol: Volume, index: int, cfg: PrepConfig, sampler) -> torch.Tensor:
+    """The training mask of one slice: the file's own, else the sampler's seeded by (file, slice, seed)."""
+    return choose_mask(vol.shape, sampler, seed_from(vol.name, index, cfg.seed), vol.mask, cfg.use_file_mask,
+                       name=f"{vol.path}: 'mask'")[0]
+
+
 def _prepare_view_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, geo: dict,
-                        own_mask: bool, with_target: bool, device) -> dict:
+                        with_target: bool, device) -> dict:
     """One slice of a view set: the fully sampled view k-space (C, h, w), normalised like the full scan."""
     full, vshape = tuple(geo["full_shape"]), tuple(geo["view_shape"])
     H, W = vol.shape
     k = torch.from_numpy(k_np).to(device)
     view = LowResView(full, vshape)
     if geo["kind"] == "acs":
-        if own_mask:
-            mask = mask_from_file(vol.mask, W, name=f"{vol.path}: 'mask'")
-        else:
-            mask = sampler.sample((H, W), seed=seed_from(vol.name, index, cfg.seed))
+        mask = _slice_mask(vol, index, cfg, sampler)
         want = centre_slices(W, vshape[1])
         if not bool(torch.all(mask.reshape(-1)[want] > 0)):
             lo, hi = acs_block(mask.reshape(-1))
@@ -261,66 +228,34 @@ def _prepare_view_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConf
                             f"view 'acs' (center_fraction of the configured sampler)")
     if (H, W) == full:
         k = view.crop_kspace(k)
-    ones = torch.ones(1, 1, vshape[1], device=device)
-    try:
-        scale = acs_scale(k, ones, width=min(geo["scale_acs_width"], vshape[1])) / view.amplitude_scale
-    except ValueError as e:
-        raise DataError(f"{vol.path}: slice {index}: {e}") from None
-    k = k / scale
-    try:
-        maps = estimate_maps(k, ones, calib_rows=cfg.calib_rows)
-    except ValueError as e:
-        raise DataError(f"{vol.path}: slice {index}: {e} (view k-space {tuple(k.shape)})") from None
-    return _finish_row(vol, index, cfg, k, ones, np.ones((1, 1, vshape[1]), np.float32), maps, scale,
-                       k if with_target else None)
+    m = cfg.measurement_model().condition(
+        k, None, attrs=vol.attrs, where=f"{vol.path}: slice {index}", mask_name=f"view {cfg.view!r}",
+        density=np.ones((1, 1, vshape[1]), np.float32), scale_width=min(geo["scale_acs_width"], vshape[1]),
+        amplitude=view.amplitude_scale)
+    return _row(vol, index, m, m.kspace if with_target else None)
 
 
 def _prepare_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, density: np.ndarray,
-                   own_mask: bool, with_target: bool, device) -> dict:
-    H, W = vol.shape
+                   with_target: bool, device) -> dict:
     k_full = torch.from_numpy(k_np).to(device)
-    if own_mask:
-        mask = mask_from_file(vol.mask, W, name=f"{vol.path}: 'mask'")
-    else:
-        mask = sampler.sample((H, W), seed=seed_from(vol.name, index, cfg.seed))
-        if vol.mask is not None:  # use_file_mask=False on undersampled data: only lines in both were measured
-            mask = mask * mask_from_file(vol.mask, W, name=f"{vol.path}: 'mask'")
-    mask = mask.to(device)
-    k = k_full * mask + 0.0  # retrospective undersampling; + 0.0: no negative zeros (fastMRI apply_mask)
-    try:
-        scale = acs_scale(k, mask)
-    except ValueError as e:
-        raise DataError(f"{vol.path}: slice {index}: {e}") from None
-    k = k / scale
-    try:
-        maps = estimate_maps(k, mask, calib_rows=cfg.calib_rows)
-    except ValueError as e:
-        raise DataError(f"{vol.path}: slice {index}: {e} (k-space {tuple(k.shape)}, mask {cfg.mask_type} "
-                        f"R={cfg.acceleration:g})") from None
-    return _finish_row(vol, index, cfg, k, mask, density, maps, scale, k_full / scale if with_target else None)
+    mask = _slice_mask(vol, index, cfg, sampler).to(device)
+    m = cfg.measurement_model().condition(
+        k_full, mask, attrs=vol.attrs, where=f"{vol.path}: slice {index}", density=density,
+        mask_name=f"the {cfg.mask_type} R={cfg.acceleration:g} mask" if vol.mask is None else "the file's mask")
+    return _row(vol, index, m, k_full / m.scale if with_target else None)
 
 
-def _finish_row(vol: Volume, index: int, cfg: PrepConfig, k: torch.Tensor, mask: torch.Tensor, density: np.ndarray,
-                maps: torch.Tensor, scale: float, full_k: torch.Tensor | None) -> dict:
-    """Noise level, the shard row, and (``full_k``: fully sampled normalised k-space) the targets; NaN check."""
-    if cfg.noise_std is not None:
-        noise = cfg.noise_std / scale
-    elif cfg.use_file_noise_std and "noise_std" in vol.attrs:
-        noise = float(vol.attrs["noise_std"]) / scale
-    else:
-        noise = estimate_noise_std(k, mask)
-        if not np.isfinite(noise) or noise <= 0:
-            raise DataError(f"{vol.path}: slice {index}: cannot estimate the noise level from the k-space edge "
-                            f"(too few non-zero sampled entries); pass noise_std")
-    row = {"id": f"{vol.name}:{index}", "kspace": k.cpu().numpy(), "mask": mask.cpu().numpy(),
-           "density": density, "maps": maps.cpu().numpy(), "noise_std": float(noise), "scale": float(scale)}
+def _row(vol: Volume, index: int, m: Measurement, full_k: torch.Tensor | None) -> dict:
+    """The shard row of a conditioned slice and (``full_k``: fully sampled normalised k-space) its targets."""
+    row = {"id": f"{vol.name}:{index}", "kspace": m.kspace.cpu().numpy(), "mask": m.mask.cpu().numpy(),
+           "density": m.density, "maps": m.maps.cpu().numpy(), "noise_std": m.noise_std, "scale": m.scale}
     if full_k is not None:
         coil = ifft2c(full_k)
-        row["target"] = torch.sum(maps.conj() * coil, dim=0).cpu().numpy()
+        row["target"] = torch.sum(m.maps.conj() * coil, dim=0).cpu().numpy()
         row["rss"] = torch.sqrt(torch.sum(torch.abs(coil) ** 2, dim=0)).float().cpu().numpy()
-    for key in ("kspace", "maps", "target", "rss"):
-        if key in row and not np.all(np.isfinite(row[key])):
-            raise DataError(f"{vol.path}: slice {index}: '{key}' contains NaN/Inf after preparation")
+        for key in ("target", "rss"):
+            if not np.all(np.isfinite(row[key])):
+                raise DataError(f"{vol.path}: slice {index}: '{key}' contains NaN/Inf after preparation")
     return row
 
 
@@ -445,7 +380,6 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
             start = cursor[1] + 1 if fi == cursor[0] else 0
             if start >= src["used_slices"]:
                 continue
-            own_mask = src["mask_source"] == "file"
             for i, k_np in iter_kspace(vol, src["used_slices"]):
                 if i < start:
                     continue
@@ -454,11 +388,9 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
                     pending_skips.append({"id": f"{vol.name}:{i}", "reason": "all-zero", "pos": [fi, i]})
                 else:
                     if geo is None:
-                        rows.append(_prepare_slice(vol, i, k_np, cfg, sampler, density, own_mask, with_targets,
-                                                   device))
+                        rows.append(_prepare_slice(vol, i, k_np, cfg, sampler, density, with_targets, device))
                     else:
-                        rows.append(_prepare_view_slice(vol, i, k_np, cfg, sampler, geo, own_mask, with_targets,
-                                                        device))
+                        rows.append(_prepare_view_slice(vol, i, k_np, cfg, sampler, geo, with_targets, device))
                 bar.update(1)
                 if len(rows) == cfg.shard_size:
                     flush((fi, i))

@@ -31,7 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_text
+from mri_diffusion.atomic import atomic_write, atomic_write_text
 from .ismrmrd import make_header
 
 SPLITS = {"T": "train", "V": "val", "X": "test"}

@@ -37,7 +37,7 @@ import torch
 from mri_diffusion.physics.fft import fft2c, ifft2c
 from mri_diffusion.physics.views import centre_slices
 
-from .atomic import atomic_write_text, check_writable
+from mri_diffusion.atomic import atomic_write_text, check_writable
 from .fastmri_h5 import DataError
 from .simulate import coil_maps, complex_noise, noise_std_for_snr, write_volume
 

@@ -167,6 +167,9 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
               help="L1-wavelet weight on ACS-normalised data.")
 @click.option("--l1-iters", type=POSITIVE_INT, default=100, show_default=True)
 @click.option("--max-slices", type=POSITIVE_INT, default=None, help="Reconstruct at most this many slices per file.")
+@click.option("--noise-std", type=Number(low=0, low_open=True), default=None,
+              help="k-space noise std (CN, file units) of every input; default: each file's noise_std attr, else "
+                   "estimated per slice (an estimate that fails is an error naming the file and slice).")
 @click.option("--challenge", type=click.Choice(["auto", "multicoil", "singlecoil"]), default="auto",
               show_default=True, help="Refuse files of the other kind.")
 @click.option("--virtual-coils", default="auto", show_default=True,
@@ -187,7 +190,7 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
 @_friendly_errors
 def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
-          challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet):
+          noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
@@ -222,7 +225,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
         res = run(list(inputs), out_dir, label, fn, spec, dev, overwrite=overwrite, attrs=attrs,
                   max_slices=max_slices, progress=not quiet, expect=None if challenge == "auto" else challenge,
                   needs_maps=method != "zero-filled", virtual_coils=n_virtual or None,
-                  batch_slices=batch_slices, keep_going=keep_going, settings=settings)
+                  batch_slices=batch_slices, keep_going=keep_going, settings=settings, noise_std=noise_std)
     except RunFailed as e:
         click.echo(e.result.used_line(label, what, spec))
         raise click.ClickException(str(e)) from None
@@ -392,7 +395,7 @@ def sample(checkpoint, n, size, steps, seed, out_png, raw_weights, overwrite, de
     import numpy as np
     import torch
 
-    from data_prep.atomic import check_writable
+    from mri_diffusion.atomic import check_writable
     from mri_diffusion.train import load_denoiser
     from recon.figures import montage, save_png
     from recon.samplers import edm_heun, karras_sigmas

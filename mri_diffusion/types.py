@@ -24,6 +24,11 @@ from typing import Protocol
 import torch
 
 
+class DataError(Exception):
+    """Bad input data; the message names the file (and slice, key, shape). ``data_prep.fastmri_h5`` raises it for
+    files, ``mri_diffusion.measurement`` for slices that cannot be conditioned."""
+
+
 class Denoiser(Protocol):
     """D(x, sigma) ~ E[x0 | x0 + sigma n = x]; x complex (B, H, W), sigma (B,) float32."""
 

@@ -83,6 +83,7 @@ class DiffusionRecon:
     seed: int = 0
     save_samples: bool = False
     options: dict = field(default_factory=dict)
+    uses_noise_std = True  # the samplers weigh the data by the noise level: the pipeline conditions it
 
     def __post_init__(self):
         if self.samples < 1 or (self.steps is not None and self.steps < 1):

@@ -43,7 +43,9 @@ import skimage
 from . import metrics as M
 from . import uncertainty
 from .coverage import check_coverage, target_names
-from .report import atomic_write_text, write_report
+from mri_diffusion.atomic import atomic_write_text
+
+from .report import write_report
 
 __all__ = [
     "EvaluationError",
@@ -616,9 +618,9 @@ def evaluate_dirs(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = _check_outputs(out_dir, overwrite)
-    atomic_write_text(paths["metrics_csv"], _csv_text(volume_rows, VOLUME_COLUMNS))
-    atomic_write_text(paths["slices_csv"], _csv_text(slice_rows, SLICE_COLUMNS))
-    atomic_write_text(paths["json"], json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["metrics_csv"], _csv_text(volume_rows, VOLUME_COLUMNS), overwrite=True)
+    atomic_write_text(paths["slices_csv"], _csv_text(slice_rows, SLICE_COLUMNS), overwrite=True)
+    atomic_write_text(paths["json"], json.dumps(summary, indent=2, allow_nan=False) + "\n", overwrite=True)
     write_report(paths["report"], summary, volume_rows, panels, text, title=title,
                  extra_sections=extra_sections)
     return EvaluationResult(volume_rows, slice_rows, summary, paths)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.atomic import atomic_write_bytes
+from mri_diffusion.atomic import atomic_write_bytes
 
 
 def montage(volume: np.ndarray, cols: int | None = None) -> np.ndarray:

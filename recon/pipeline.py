@@ -1,10 +1,11 @@
-"""Volume-level reconstruction: fastMRI file -> mask -> coil maps -> method -> submission file + PNG.
+"""Volume-level reconstruction: fastMRI file -> conditioned slices -> method -> submission file + PNG.
 
-Per slice: the file's own mask when it has one (test files), else a retrospective mask from the
-sampler, seeded by (file name, seed) so every slice of a volume gets the same mask (fastMRI's
-validation convention). K-space is divided by a per-slice scale from the ACS data (``acs_scale``)
-before reconstruction and the result multiplied back, so outputs are in the units of
-``reconstruction_rss``. Outputs are centre-cropped to the fastMRI reconstruction size.
+Per slice, the one measurement model that ``prep`` uses too (``mri_diffusion.measurement``): the file's own mask
+when it has one (test files), else a retrospective mask from the sampler, seeded by (file name, seed) so every
+slice of a volume gets the same mask (fastMRI's validation convention); k-space divided by the ACS scale, optional
+SVD coil compression, ESPIRiT maps, the noise level (given, the file's ``noise_std`` attribute, or estimated; a
+failed estimate is an error naming the file and slice). The method's result is multiplied back by the scale, so
+outputs are in the units of ``reconstruction_rss``, and centre-cropped to the fastMRI reconstruction size.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import numpy as np
 import torch
 
 from data_prep.fastmri_h5 import DataError, Volume, iter_kspace, open_volume, write_reconstruction
-from mri_diffusion.physics.calib import estimate_maps
-from mri_diffusion.physics.compress import compress, compression_matrix
-from mri_diffusion.physics.masks import make_sampler, mask_from_file, seed_from
-from mri_diffusion.physics.normalize import acs_scale
+from mri_diffusion.measurement import MeasurementModel, choose_mask
+from mri_diffusion.physics.masks import make_sampler, seed_from
 from mri_diffusion.physics.views import centre_slices
 
 from . import baselines
@@ -52,10 +51,7 @@ class SliceResult:
 
 def volume_mask(vol: Volume, spec: MaskSpec) -> tuple[torch.Tensor, str]:
     """(1, 1, W) float32 mask for the volume and where it came from ('file' or 'retrospective')."""
-    H, W = vol.shape
-    if vol.mask is not None:
-        return mask_from_file(vol.mask, W, name=f"{vol.path}: 'mask'"), "file"
-    return spec.sampler().sample((H, W), seed=seed_from(vol.name, spec.seed)), "retrospective"
+    return choose_mask(vol.shape, spec.sampler(), seed_from(vol.name, spec.seed), vol.mask, name=f"{vol.path}: 'mask'")
 
 
 def check_achievable(vol: Volume, spec: MaskSpec) -> None:
@@ -76,16 +72,6 @@ def effective_acceleration(mask: torch.Tensor) -> float:
     return float(mask.numel() / mask.sum())
 
 
-def slice_noise_std(vol: Volume, k: torch.Tensor, mask: torch.Tensor, scale: float) -> float:
-    """CN noise std of the normalised k-space: the file's ``noise_std`` attr / scale, else estimated (as prep)."""
-    if "noise_std" in vol.attrs:
-        return float(vol.attrs["noise_std"]) / scale
-    from data_prep.prepare import estimate_noise_std
-
-    est = estimate_noise_std(k, mask)
-    return est if np.isfinite(est) else 0.0
-
-
 def centre_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     H, W = x.shape[-2:]
     return x[..., centre_slices(H, min(size[0], H)), centre_slices(W, min(size[1], W))]
@@ -94,7 +80,8 @@ def centre_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 SliceMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], SliceResult]
 """(normalised masked k-space (C, H, W), mask, maps (C, H, W), context) -> SliceResult.
 
-context: {'file': name, 'slice': index, 'noise_std': CN std of the normalised k-space}."""
+context: {'file': name, 'slice': index, 'noise_std': CN std of the normalised k-space}; the noise level is
+conditioned only for methods with a true ``uses_noise_std`` attribute (posterior sampling), NaN for the others."""
 
 
 def classical_method(name: str, sense_iters: int = 30, sense_lambda: float = 1e-2, l1_lambda: float = 1e-3,
@@ -116,11 +103,12 @@ def classical_method(name: str, sense_iters: int = 30, sense_lambda: float = 1e-
 
 def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device: torch.device,
                        max_slices: int | None = None, progress: bool = True, needs_maps: bool = True,
-                       virtual_coils: int | None = None, batch_slices: int = 1) -> dict:
+                       virtual_coils: int | None = None, batch_slices: int = 1, noise_std: float | None = None) -> dict:
     """Reconstruct every slice of ``vol``. Returns {'reconstruction': (S, h, w) float32, extras, 'mask', ...}.
 
     ``virtual_coils``: SVD-compress multi-coil k-space with more coils than this to this many virtual coils
     per slice (``physics.compress``) before coil maps and the method; the kept energy share is returned.
+    ``noise_std``: the k-space noise level in the file's units (default: the file's attribute, else estimated).
     ``batch_slices``: methods with a ``batch`` attribute (posterior sampling) get this many slices at once
     (on a GPU, slices x samples fill the device; results are the same as slice by slice).
     """
@@ -131,6 +119,8 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
     mask, mask_source = volume_mask(vol, spec)
     mask = mask.to(device)
     which = f"{vol.path}: 'mask'" if mask_source == "file" else f"the retrospective {spec.kind} mask"
+    model = MeasurementModel(noise_std=noise_std, virtual_coils=virtual_coils if vol.multicoil else None,
+                             maps=needs_maps and vol.multicoil, noise=getattr(method, "uses_noise_std", False))
     n = vol.num_slices if max_slices is None else min(vol.num_slices, max_slices)
     recs: list = [None] * n
     extras: dict[str, list] = {}
@@ -160,23 +150,12 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
             warnings.warn(f"{vol.path}: slice {i} is all zero; writing zeros")
             recs[i] = np.zeros(vol.recon_size, np.float32)
             continue
-        k = k * mask  # retrospective undersampling (a no-op for test files, which are already masked)
-        k = k + 0.0  # no negative zeros (fastMRI apply_mask)
-        try:
-            scale = acs_scale(k, mask)
-        except ValueError as e:  # a mask that samples nothing near the centre of a non-zero slice
-            raise DataError(f"{vol.path}: slice {i}: {e}; {which} samples no k-space centre lines") from None
-        k = k / scale
-        U = None
-        if virtual_coils and vol.multicoil and k.shape[0] > virtual_coils:
-            U, share = compression_matrix(k, mask, virtual_coils)
-            k = compress(k, U)
-            kept.append(share)
-        # after compression the maps keep physical coil 0 as phase reference (as in training)
-        maps = (estimate_maps(k, mask, phase_ref=None if U is None else U[0]) if (needs_maps and vol.multicoil)
-                else torch.ones_like(k))
-        ctx = {"file": vol.name, "slice": i, "noise_std": slice_noise_std(vol, k, mask, scale)}
-        pending.append((i, scale, (k, mask, maps, ctx)))
+        # retrospective undersampling (a no-op for test files, which are already masked), scale, maps, noise
+        m = model.condition(k, mask, attrs=vol.attrs, where=f"{vol.path}: slice {i}", mask_name=which)
+        if m.coil_energy_kept is not None:
+            kept.append(m.coil_energy_kept)
+        ctx = {"file": vol.name, "slice": i, "noise_std": m.noise_std}
+        pending.append((i, m.scale, (m.kspace, m.mask, m.maps, ctx)))
         if len(pending) >= (batch_slices if batched else 1):
             flush()
     flush()
@@ -253,7 +232,7 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
         device: torch.device, overwrite: bool = False, max_slices: int | None = None, progress: bool = True,
         expect: str | None = None, strict: bool = False, attrs: dict | None = None,
         needs_maps: bool = True, virtual_coils: int | None = None, batch_slices: int = 1,
-        keep_going: bool = False, settings: dict | None = None) -> RunResult:
+        keep_going: bool = False, settings: dict | None = None, noise_std: float | None = None) -> RunResult:
     """Reconstruct files/folders into ``out_dir`` (submission layout + ``<stem>.png``).
 
     Before any work: every input is opened and checked, two inputs with the same file name (they would write
@@ -264,6 +243,8 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
     during reconstruction (NaN in a slice, ...) gets no output; the others are still done, and the run then
     raises ``DataError`` listing every failure, unless ``keep_going`` (the failures are in the result).
     ``settings``: method settings for the fingerprint (with the mask, method name and slice limit).
+    ``noise_std``: the k-space noise level in the files' units for every file (default: each file's ``noise_std``
+    attribute, else estimated per slice); recorded in the settings when given.
     """
     from data_prep.fastmri_h5 import list_h5
 
@@ -282,7 +263,7 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
         raise DataError(f"no .h5 files in {', '.join(map(str, inputs if isinstance(inputs, (list, tuple)) else [inputs]))}")
     base = {"method": method_name, "mask": spec.kind, "acceleration": spec.acceleration,
             "center_fraction": spec.center_fraction, "mask_seed": spec.seed, "max_slices": max_slices,
-            "virtual_coils": virtual_coils, **(settings or {})}
+            "virtual_coils": virtual_coils, **({} if noise_std is None else {"noise_std": noise_std}), **(settings or {})}
     todo = []
     for f in files:
         try:
@@ -303,7 +284,8 @@ def run(inputs, out_dir: str | Path, method_name: str, method: SliceMethod, spec
     for f, vol, wanted in todo:
         try:
             r = reconstruct_volume(vol, method, spec, device, max_slices=max_slices, progress=progress,
-                                   needs_maps=needs_maps, virtual_coils=virtual_coils, batch_slices=batch_slices)
+                                   needs_maps=needs_maps, virtual_coils=virtual_coils, batch_slices=batch_slices,
+                                   noise_std=noise_std)
         except DataError as e:
             if strict:
                 raise

@@ -13,7 +13,6 @@ Reusable helpers for other report sections:
 * :func:`image_png` -- 2-D array -> PNG bytes with a fixed colour scale;
 * :func:`image_data_uri` -- 2-D array -> data URI;
 * :func:`img_tag`, :func:`html_table` -- small HTML builders;
-* :func:`atomic_write_text` -- write a file via a temp name + ``os.replace``.
 
 Panel format accepted by :func:`write_report` (one dict per displayed slice and acceleration; ``evaluate``
 shows the best, median and worst slice by PSNR at each acceleration)::
@@ -47,8 +46,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 
+from mri_diffusion.atomic import atomic_write_text
+
 __all__ = [
-    "atomic_write_text",
     "png_data_uri",
     "image_png",
     "image_data_uri",
@@ -86,17 +86,6 @@ figure{overflow-x:auto;margin:1em 0 2em 0}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}
 .small{font-size:.85em;color:#555}
 """
-
-
-# --------------------------------------------------------------------------- io
-
-
-def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    """Write ``text`` (utf-8) atomically (temp file + rename); callers check overwrite rules first."""
-    from data_prep.atomic import atomic_write_text as _write
-
-    _write(path, text, overwrite=True)
-    return Path(path)
 
 
 # ----------------------------------------------------------------------- images
@@ -416,4 +405,5 @@ def write_report(
             inserted verbatim; embed images with :func:`image_data_uri`).
     """
     text = render_report(summary, volume_rows, panels, protocol_text, title, extra_sections)
-    return atomic_write_text(path, text)
+    atomic_write_text(path, text, overwrite=True)  # callers check the overwrite rules first
+    return Path(path)

@@ -162,6 +162,33 @@ def test_one_sample_writes_no_std_and_every_sampler_option_is_recorded(tmp_path,
     assert opts == {"eta": 0.85, "dc_weight": 1.0, "cg_iters": 3, "cg_tol": 0.0, "sigma_data": None, "perturb": True}
 
 
+def test_noise_level_that_cannot_be_estimated_fails_the_same_way_in_prep_and_recon(tmp_path, tiny_ckpt):
+    """One measurement model, one failure behaviour: a file without a noise_std attribute whose k-space edge is
+    zero (zero-padded readout) is an error naming the file and slice in prep AND in recon (recon used to sample with
+    noise level 0); --noise-std gives the level; a method that ignores the noise level is not affected."""
+    d = tmp_path / "in"
+    d.mkdir()
+    f = small(d / "padded.h5", slices=1)
+    with h5py.File(f, "r+") as h:
+        k = h["kspace"][()]
+        k[..., :4, :] = 0
+        k[..., -4:, :] = 0
+        h["kspace"][...] = k
+        assert "noise_std" not in h.attrs
+    want = "padded.h5: slice 0: cannot estimate the noise level from the k-space edge"
+    r = run("prep", d, "--out", tmp_path / "prep", "-R", 2, "--center-fraction", 0.16, "--quiet")
+    assert r.exit_code == 1 and want in r.output and "--noise-std" in r.output, r.output
+    args = ("recon", f, "--method", "diffusion", "--checkpoint", tiny_ckpt, "--steps", 2, "--samples", 2, "-R", 2,
+            "--center-fraction", 0.16, "--quiet")
+    r = run(*args, "--out", tmp_path / "out")
+    assert r.exit_code == 1 and want in r.output and snapshot(tmp_path / "out") == {}, r.output
+    r = run(*args, "--out", tmp_path / "given", "--noise-std", 0.01)
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "given" / "padded.h5") as h:
+        assert json.loads(h.attrs["settings"])["noise_std"] == 0.01
+    assert recon(f, "--out", tmp_path / "zf", "-R", 2).exit_code == 0
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 

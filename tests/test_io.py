@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data_prep.atomic import atomic_write
+from mri_diffusion.atomic import atomic_write
 from data_prep.fastmri_h5 import (DataError, list_h5, open_volume, read_cfl, read_kspace_slice, read_target,
                                   write_reconstruction)
 from data_prep.ismrmrd import make_header, parse_header

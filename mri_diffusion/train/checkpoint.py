@@ -7,13 +7,14 @@ strings, lists and dicts only.
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings
 from pathlib import Path
 
 import torch
+
+from ..atomic import atomic_write
 
 FORMAT = "mri-diffusion-checkpoint"
 VERSION = 1
@@ -25,16 +26,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path, overwrite=True) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
