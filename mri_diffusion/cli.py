@@ -297,8 +297,10 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
     for R in Rs:
         check_acceleration(R, "random", None, hint="--accelerations")
     _setup_torch()
-    run_demo(source, out_dir, Rs, max_slices=max_slices, fresh=fresh,
-             device=_device(device), minutes=minutes, samples=samples, train=not no_train)
+    res = run_demo(source, out_dir, Rs, max_slices=max_slices, fresh=fresh, device=_device(device), minutes=minutes,
+                   samples=samples, train=not no_train, log=lambda msg: click.secho(f"==> {msg}", fg="cyan", err=True))
+    click.echo("\n" + res["summary"])
+    click.secho(f"report: {res['report'].resolve()}", fg="green")
 
 
 @main.command()

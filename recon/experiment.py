@@ -1,23 +1,29 @@
 """Run several reconstruction methods on the same files and masks, then evaluate them together.
 
-Used by ``mridiff demo`` and ``benchmarks/recon_quality.py``: every method sees the same retrospective
-mask per volume (seeded by file name), so the comparison is paired. The L1-wavelet weight is tuned on
-validation slices only (never on the test block).
+Used by ``mridiff demo`` and ``benchmarks/table.py`` / ``recon_quality.py``: every method sees the same
+retrospective mask per volume (seeded by file name), so the comparison is paired. The L1-wavelet weight is tuned
+on validation slices only (never on the test block). Progress lines go to ``log`` (default :func:`stage`: one
+line on stderr); the CLI passes its own.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import click
 import numpy as np
 import torch
 
 from data_prep.fastmri_h5 import list_h5, open_volume, read_target
 from .pipeline import MaskSpec, SliceMethod, classical_method, reconstruct_volume, run
+
+
+def stage(msg: str) -> None:
+    """The default progress line: ``==> msg`` on stderr."""
+    print(f"==> {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -32,7 +38,7 @@ class Method:
 
 def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerations: list[float],
                 device: torch.device, mask_kind: str = "random", seed: int = 0, max_slices: int | None = None,
-                progress: bool = True, reuse: bool = True) -> Path:
+                progress: bool = True, reuse: bool = True, log: Callable[[str], None] = stage) -> Path:
     """Reconstruct ``test_dir`` with every method at every acceleration into out_root/<method>_R<R>/.
 
     A finished folder is reused only when its ``.done`` holds the same settings (method attrs and per-R
@@ -50,9 +56,9 @@ def run_methods(test_dir: Path, out_root: Path, methods: list[Method], accelerat
                                       "attrs": m.attrs, "settings": extra}, sort_keys=True, default=str)
             done = dest / ".done"
             if reuse and done.exists() and done.read_text() == fingerprint:
-                click.secho(f"==> reuse {m.name} R={R:g}", fg="cyan", err=True)
+                log(f"reuse {m.name} R={R:g}")
                 continue
-            click.secho(f"==> reconstruct {test_dir.name}: {m.name}, R={R:g}", fg="cyan", err=True)
+            log(f"reconstruct {test_dir.name}: {m.name}, R={R:g}")
             run([test_dir], dest, m.name, m.make(R), MaskSpec(mask_kind, R, None, seed), device, overwrite=True,
                 max_slices=max_slices, progress=progress, needs_maps=m.needs_maps,
                 attrs={**m.attrs, **extra, "code_commit": commit}, virtual_coils=m.virtual_coils)

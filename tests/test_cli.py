@@ -128,6 +128,20 @@ def test_layering_core_never_imports_recon_or_data_prep():
                 assert not n.split(".")[0] in ("recon", "data_prep"), f"{py} imports {n}"
 
 
+def test_libraries_do_not_import_click():
+    """mri_diffusion, data_prep and recon are usable from Python without the CLI: only the composition root
+    (mri_diffusion/cli.py and its helpers cli_util.py) imports click."""
+    root = Path(__file__).resolve().parents[1]
+    for pkg in ("mri_diffusion", "data_prep", "recon"):
+        for py in (root / pkg).rglob("*.py"):
+            if py.name in ("cli.py", "cli_util.py") and pkg == "mri_diffusion":
+                continue
+            for node in ast.walk(ast.parse(py.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not any(n.split(".")[0] == "click" for n in names), f"{py} imports click"
+
+
 def test_all_zero_slice_and_odd_sizes(tmp_path):
     d = tmp_path / "odd"
     d.mkdir()
