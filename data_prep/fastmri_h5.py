@@ -25,7 +25,15 @@ from mri_diffusion.types import DataError
 
 from .ismrmrd import HeaderInfo, parse_header
 
-TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
+#: Reference datasets in order of preference, the fastMRI convention: single-coil files hold both and are scored
+#: on the ESC image, multi-coil files hold only the RSS image. ``evaluate`` and :func:`read_target` use this order.
+TARGET_KEYS = ("reconstruction_esc", "reconstruction_rss")
+
+
+def target_key(names, key: str | None = None) -> str | None:
+    """The reference dataset among ``names`` (an open h5 file or its keys): ``key`` if given and present, else the
+    first of :data:`TARGET_KEYS` present; None if there is none."""
+    return next((k for k in ([key] if key else TARGET_KEYS) if k in names), None)
 
 
 @dataclass
@@ -104,11 +112,11 @@ def open_volume(path: str | Path, expect: str | None = None) -> Volume:
             if not m.any():
                 raise DataError(f"{path}: 'mask' is all zero: it samples no k-space column (kspace {ks.shape})")
             mask = m
-        target_key = next((k for k in TARGET_KEYS if k in f), None)
-        if target_key is not None and f[target_key].shape[0] != S:
-            raise DataError(f"{path}: '{target_key}' has {f[target_key].shape[0]} slices, k-space has {S}")
+        tkey = target_key(f)
+        if tkey is not None and f[tkey].shape[0] != S:
+            raise DataError(f"{path}: '{tkey}' has {f[tkey].shape[0]} slices, k-space has {S}")
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        return Volume(path, S, ks.shape[1] if multicoil else 1, multicoil, (H, W), header, attrs, mask, target_key)
+        return Volume(path, S, ks.shape[1] if multicoil else 1, multicoil, (H, W), header, attrs, mask, tkey)
 
 
 def read_kspace_slice(vol: Volume, index: int) -> np.ndarray:
@@ -144,13 +152,14 @@ def iter_kspace(vol: Volume, max_slices: int | None = None) -> Iterator[tuple[in
 
 
 def read_target(path: str | Path, key: str | None = None) -> tuple[np.ndarray, str]:
-    """The fully sampled target (S, h, w) float32 and its key; DataError if absent."""
+    """The fully sampled target (S, h, w) float32 and its key (``key``, else the first of :data:`TARGET_KEYS`
+    present); DataError if absent."""
     path = Path(path)
     with _open(path) as f:
-        keys = [key] if key else [k for k in TARGET_KEYS if k in f]
-        if not keys or keys[0] not in f:
+        found = target_key(f, key)
+        if found is None:
             raise DataError(f"{path}: no ground truth ('{key or ' / '.join(TARGET_KEYS)}' missing)")
-        return np.asarray(f[keys[0]][()], dtype=np.float32), keys[0]
+        return np.asarray(f[found][()], dtype=np.float32), found
 
 
 def list_h5(inputs, strict: bool = False, errors: list | None = None) -> list[Path]:

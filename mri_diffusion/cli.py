@@ -244,7 +244,8 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--protocol", type=click.Choice(["fastmri", "slice"]), default="fastmri", show_default=True,
               help="fastmri: per volume, data_range = volume max. slice: per slice, its own max.")
-@click.option("--target-key", default=None, help="Default: reconstruction_rss or reconstruction_esc, whichever exists.")
+@click.option("--target-key", default=None, help="Default: reconstruction_esc if present (single-coil), else "
+              "reconstruction_rss (the fastMRI convention).")
 @click.option("--allow-nan", is_flag=True, help="Mark NaN reconstructions invalid instead of failing.")
 @click.option("--allow-missing", is_flag=True, help="Score the pairs that exist when a method lacks predictions for "
               "some targets (or a prediction has no target); the missing ones are listed in the report and JSON. "
@@ -255,7 +256,7 @@ def evaluate(preds, target, out_dir, protocol, target_key, allow_nan, allow_miss
     """NMSE / PSNR / SSIM (fastMRI protocol) -> metrics.csv, metrics.json, report.html; the summary table is
     printed too."""
     from recon.evaluate import EvaluationError, evaluate_dirs
-    from recon.report import summary_text
+    from recon.evaluation import summary_text
 
     names: dict[str, Path] = {}
     for p in preds:

@@ -31,7 +31,7 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
     from data_prep.simulate import SimConfig, simulate
     from mri_diffusion.config import TrainConfig
     from recon.evaluate import evaluate_dirs
-    from recon.report import summary_text
+    from recon.evaluation import summary_text
 
     out_dir = Path(out_dir)
     if fresh and out_dir.exists():

@@ -23,7 +23,7 @@ from recon.evaluate import (  # noqa: E402
     evaluate_dirs,
     parse_method_label,
 )
-from recon.report import image_data_uri, png_data_uri  # noqa: E402
+from recon.evaluation.html import image_data_uri, png_data_uri  # noqa: E402
 
 # file name -> target shape; file_b is taller than wide, so the fastMRI crop matters
 TARGETS = {"file_a.h5": (3, 32, 32), "file_b.h5": (3, 36, 32)}
@@ -284,3 +284,34 @@ def test_report_shows_a_2d_mask_as_an_image(data, tmp_path):
     evaluate_dirs(tmp_path / "p3", data["tdir"], tmp_path / "e3", allow_missing=True)
     html = (tmp_path / "e3" / "report.html").read_text()
     assert f"sampling mask: {int(m2.sum())} of 120 k-space samples (10 x 12)" in html
+
+
+def test_each_file_is_read_once(data, monkeypatch):
+    """Scoring, calibration and the panels share one read of each target and of each prediction file (two
+    methods share each target); the panels then read back only the single slices they show."""
+    import recon.evaluation.panels as panels
+    import recon.evaluation.run as run
+
+    reads = []
+    real_target, real_pred, real_slice = run.read_target, run.read_prediction, panels.read_slice
+    monkeypatch.setattr(run, "read_target", lambda p, k: reads.append(("target", p.name)) or real_target(p, k))
+    monkeypatch.setattr(run, "read_prediction",
+                        lambda it: reads.append((it.path.parent.name, it.path.name)) or real_pred(it))
+    slices = []
+    monkeypatch.setattr(panels, "read_slice", lambda p, key, i: slices.append(i) or real_slice(p, key, i))
+    evaluate_dirs(data["pdir"], data["tdir"], data["out"])
+    assert len(reads) == len(set(reads)) == 2 + 4  # 2 targets, 2 methods x 2 files
+    assert slices and all(isinstance(i, int) for i in slices)
+
+
+def test_target_key_preference_agrees_with_read_target(tmp_path):
+    """One preference for the reference dataset (the fastMRI convention): a file holding both (single-coil) is
+    scored on ESC, by evaluate and by data_prep.fastmri_h5.read_target alike; a multi-coil file has only RSS."""
+    from data_prep.fastmri_h5 import read_target
+    from recon.evaluation.load import read_target as eval_read_target
+
+    gt = np.ones((2, 8, 8), np.float32)
+    _write_target(tmp_path / "sc.h5", gt, key="reconstruction_rss", extra={"reconstruction_esc": 2 * gt})
+    _write_target(tmp_path / "mc.h5", gt, key="reconstruction_rss")
+    assert read_target(tmp_path / "sc.h5")[1] == eval_read_target(tmp_path / "sc.h5", None).key == "reconstruction_esc"
+    assert read_target(tmp_path / "mc.h5")[1] == eval_read_target(tmp_path / "mc.h5", None).key == "reconstruction_rss"

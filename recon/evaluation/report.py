@@ -7,12 +7,8 @@ around without a server or network access.  Image panels are HTML grids of
 one-PNG-per-image (pixel exact, fast) with colour bars and a caption stating
 the fixed colour scales.
 
-Reusable helpers for other report sections:
-
-* :func:`png_data_uri` -- matplotlib ``Figure`` (or raw PNG bytes) -> data URI;
-* :func:`image_png` -- 2-D array -> PNG bytes with a fixed colour scale;
-* :func:`image_data_uri` -- 2-D array -> data URI;
-* :func:`img_tag`, :func:`html_table` -- small HTML builders;
+The PNG / HTML builders are in :mod:`recon.evaluation.html`; :func:`summary_text` is the same summary as plain
+text for the terminal.
 
 Panel format accepted by :func:`write_report` (one dict per displayed slice and acceleration; ``evaluate``
 shows the best, median and worst slice by PSNR at each acceleration)::
@@ -35,36 +31,19 @@ shows the best, median and worst slice by PSNR at each acceleration)::
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.image import imsave
 
 from mri_diffusion.atomic import atomic_write_text
 
-__all__ = [
-    "png_data_uri",
-    "image_png",
-    "image_data_uri",
-    "img_tag",
-    "html_table",
-    "format_mean_2std",
-    "error_scale",
-    "colorbar_png",
-    "panel_html",
-    "render_report",
-    "write_report",
-    "summary_text",
-]
+from .html import IMAGE_CMAP, colorbar_png, fmt, format_mean_2std, html_table, image_data_uri, img_tag, png_data_uri
+
+__all__ = ["error_scale", "panel_html", "render_report", "write_report", "summary_text"]
 
 ERROR_PERCENTILE = 99.5
-IMAGE_CMAP = "gray"
 ERROR_CMAP = "inferno"
 
 CSS = """
@@ -91,81 +70,7 @@ figcaption{font-size:.9em;color:#444;margin-top:.3em}
 # ----------------------------------------------------------------------- images
 
 
-def png_data_uri(fig_or_png: Union[Figure, bytes], dpi: int = 100) -> str:
-    """``data:image/png;base64,...`` URI of a matplotlib Figure or of PNG bytes.
-
-    A Figure is rendered with ``savefig(format="png")``, i.e. Agg; a bare
-    ``matplotlib.figure.Figure()`` needs no pyplot and no display.
-    """
-    if isinstance(fig_or_png, (bytes, bytearray)):
-        data = bytes(fig_or_png)
-    else:
-        buf = io.BytesIO()
-        fig_or_png.savefig(buf, format="png", dpi=dpi)
-        data = buf.getvalue()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def image_png(array: np.ndarray, vmin: float, vmax: float, cmap: str = IMAGE_CMAP) -> bytes:
-    """PNG bytes of a 2-D ``array`` (H, W), one pixel per element, fixed scale ``vmin..vmax``."""
-    array = np.asarray(array, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"image_png needs a 2-D array, got shape {array.shape}")
-    buf = io.BytesIO()
-    imsave(buf, array, vmin=vmin, vmax=vmax, cmap=cmap, format="png")
-    return buf.getvalue()
-
-
-def image_data_uri(array: np.ndarray, vmin: float, vmax: float, cmap: str = IMAGE_CMAP) -> str:
-    """Data URI of :func:`image_png` (2-D array, fixed colour scale)."""
-    return png_data_uri(image_png(array, vmin, vmax, cmap))
-
-
-def img_tag(uri: str, alt: str = "", width: Optional[int] = None) -> str:
-    """``<img>`` element for a data URI (alt text escaped)."""
-    w = f' width="{int(width)}"' if width else ""
-    return f'<img src="{uri}" alt="{html.escape(alt)}"{w}>'
-
-
 # ------------------------------------------------------------------------ tables
-
-
-def _fmt(x: Any, spec: str) -> str:
-    if x is None:
-        return "&ndash;"
-    try:
-        xf = float(x)
-    except (TypeError, ValueError):
-        return html.escape(str(x))
-    if math.isnan(xf):
-        return "&ndash;"
-    return format(xf, spec)
-
-
-def format_mean_2std(stat: Optional[Mapping[str, Any]], spec: str) -> str:
-    """``"mean ± 2std"`` from ``{"mean": m, "two_std": s}`` (2std omitted if unknown)."""
-    if not stat or stat.get("mean") is None:
-        return "&ndash;"
-    m = _fmt(stat["mean"], spec)
-    s = stat.get("two_std")
-    if s is None or (isinstance(s, float) and math.isnan(s)):
-        return m
-    return f"{m} &plusmn; {_fmt(s, spec)}"
-
-
-def html_table(headers: Sequence[str], rows: Iterable[Sequence[str]], left: int = 0,
-               row_classes: Optional[Sequence[str]] = None) -> str:
-    """HTML table; cells are inserted as given (escape them first). ``left`` first columns left-aligned."""
-    def cls(i: int) -> str:
-        return ' class="l"' if i < left else ""
-
-    out = ["<table>", "<tr>" + "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(headers)) + "</tr>"]
-    for r, row in enumerate(rows):
-        rc = row_classes[r] if row_classes else ""
-        rc = f' class="{rc}"' if rc else ""
-        out.append(f"<tr{rc}>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
 
 
 def _acc_text(acc: Any) -> str:
@@ -229,9 +134,9 @@ def _volume_table(volume_rows: Sequence[Mapping[str, Any]]) -> str:
             html.escape(str(r.get("file", ""))),
             str(r.get("slices", "")),
             html.escape(str(r.get("crop", ""))),
-            _fmt(r.get("psnr"), ".2f"),
-            _fmt(r.get("ssim"), ".4f"),
-            _fmt(r.get("nmse"), ".4g"),
+            fmt(r.get("psnr"), ".2f"),
+            fmt(r.get("ssim"), ".4f"),
+            fmt(r.get("nmse"), ".4g"),
             "yes" if valid else "<b>no</b> " + html.escape(str(r.get("note", ""))),
         ])
         classes.append("" if valid else "invalid")
@@ -261,12 +166,6 @@ def error_scale(panel: Mapping[str, Any]) -> float:
             vals.append(float(np.percentile(err, ERROR_PERCENTILE)))
     top = max(vals) if vals else 0.0
     return top if top > 0 else float(panel.get("vmax", 1.0)) or 1.0
-
-
-def colorbar_png(vmin: float, vmax: float, cmap: str, width: int = 160, height: int = 10) -> bytes:
-    """PNG bytes of a horizontal colour bar strip (``vmin`` left, ``vmax`` right)."""
-    ramp = np.tile(np.linspace(vmin, vmax, width), (height, 1))
-    return image_png(ramp, vmin, vmax, cmap)
 
 
 def _colorbar_html(vmin: float, vmax: float, cmap: str, label: str) -> str:

@@ -1,0 +1,127 @@
+"""Load each file once: a target volume, and every prediction file with all it holds (reconstruction, posterior
+std, sampling mask, the attrs that matter for scoring), in one read per file. The panels of the report then read
+back only the one slice they show (:func:`read_slice`).
+
+The reference dataset is chosen as everywhere in the project (``data_prep.fastmri_h5.TARGET_KEYS``, the fastMRI
+convention): ``reconstruction_esc`` when present (single-coil files hold both), else ``reconstruction_rss``
+(multi-coil files hold only it); ``target_key`` overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+
+from data_prep.fastmri_h5 import TARGET_KEYS, target_key as _target_key
+
+from .. import metrics as M
+from .pairs import EvaluationError, Item
+
+
+@dataclass
+class Target:
+    """A target volume: file, reference dataset, data (slices, H, W) as stored."""
+
+    path: Path
+    key: str
+    data: np.ndarray
+
+    @property
+    def vmax(self) -> float:
+        """The report's grey scale: the maximum of the volume inside the evaluation crop (1 if nothing is finite)."""
+        gt_c = M.center_crop(self.data, M.fastmri_crop_shape(self.data.shape))
+        return float(np.nanmax(gt_c)) if np.isfinite(gt_c).any() else 1.0
+
+
+@dataclass
+class Prediction:
+    """One prediction file: ``reconstruction`` (slices, H, W), optional ``reconstruction_std`` and sampling
+    ``mask`` ((W,) or (H, W)), and the attrs ``first_slices`` (``recon --max-slices``) and ``samples``."""
+
+    item: Item
+    reconstruction: np.ndarray
+    std: Optional[np.ndarray]
+    mask: Optional[np.ndarray]
+    first_slices: Optional[int]
+    samples: Optional[int]
+
+    @property
+    def std_matches(self) -> bool:
+        return self.std is not None and self.std.shape == self.reconstruction.shape
+
+
+def detect_target_key(f: h5py.File, target_key: Optional[str] = None) -> str:
+    """The reference dataset of an open target file: ``target_key`` if given (must exist), else the first of
+    ``TARGET_KEYS`` present (``reconstruction_esc``, then ``reconstruction_rss``)."""
+    key = _target_key(f, target_key)
+    if key is None:
+        keys = [target_key] if target_key else list(TARGET_KEYS)
+        raise EvaluationError(f"target {f.filename} has none of the datasets {keys}; it holds {sorted(f.keys())}")
+    return key
+
+
+def read_target(path: Path, target_key: Optional[str]) -> Target:
+    with h5py.File(path, "r") as f:
+        key = detect_target_key(f, target_key)
+        gt = f[key][()]
+    if gt.ndim != 3:
+        raise EvaluationError(f"target {path}: {key!r} must be (slices, H, W), got shape {gt.shape}")
+    return Target(path, key, gt)
+
+
+def _mask(f: h5py.File) -> Optional[np.ndarray]:
+    if "mask" not in f:
+        return None
+    m = np.squeeze(np.asarray(f["mask"][()]))
+    return m.astype(np.float32) if m.ndim in (1, 2) and m.size > 1 else None
+
+
+def read_prediction(item: Item) -> Prediction:
+    """Everything of a prediction file in one read; EvaluationError for a file that cannot be scored."""
+    path = item.path
+    with h5py.File(path, "r") as f:
+        if "reconstruction" not in f:
+            raise EvaluationError(f"{path} has no 'reconstruction' dataset (holds {sorted(f.keys())})")
+        rec = f["reconstruction"][()]
+        std = f["reconstruction_std"][()] if "reconstruction_std" in f else None
+        first = f.attrs.get("first_slices")
+        samples = int(f.attrs["samples"]) if "samples" in f.attrs else None
+        mask = _mask(f)
+    if np.iscomplexobj(rec):
+        raise EvaluationError(f"{path}: 'reconstruction' is complex ({rec.dtype}); expected magnitude images")
+    if rec.ndim != 3:
+        raise EvaluationError(f"{path}: 'reconstruction' must be (slices, H, W), got shape {rec.shape}")
+    return Prediction(item, rec, std, mask, None if first is None else int(first), samples)
+
+
+def scored_target(gt: np.ndarray, pred: Prediction) -> np.ndarray:
+    """A reconstruction of the first n slices only (``recon --max-slices``, attr ``first_slices``) is scored
+    against the first n target slices; anything else keeps the full target (and fails on a mismatch)."""
+    n = pred.first_slices
+    if n is not None and n == pred.reconstruction.shape[0] < gt.shape[0]:
+        return gt[:n]
+    return gt
+
+
+def crop_pair(gt: np.ndarray, pred: np.ndarray, item: Item, target_path: Path):
+    """Evaluation crop of a pair (``metrics.fastmri_crop``); EvaluationError naming the file and what differs."""
+    if gt.shape[0] != pred.shape[0]:
+        raise EvaluationError(
+            f"{item.path}: prediction shape {tuple(pred.shape)} has {pred.shape[0]} slices, target "
+            f"{target_path} shape {tuple(gt.shape)} has {gt.shape[0]}")
+    try:
+        return M.fastmri_crop(gt, pred)
+    except ValueError:
+        raise EvaluationError(
+            f"{item.path}: prediction shape {tuple(pred.shape)} is smaller than the evaluation crop "
+            f"{M.fastmri_crop_shape(gt.shape)} of target {target_path} shape {tuple(gt.shape)}") from None
+
+
+def read_slice(path: Path, key: str, index: int) -> np.ndarray:
+    """One slice (H, W) of dataset ``key`` (for the report's panels)."""
+    with h5py.File(path, "r") as f:
+        return f[key][index]
