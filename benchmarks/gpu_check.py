@@ -186,6 +186,7 @@ def write_volume(path: Path, slices: int, coils: int, size: int, noise_std: floa
     import h5py
 
     from data_prep.ismrmrd import make_header
+    from mri_diffusion.physics.coils import rss as rss_of
     from mri_diffusion.physics.fft import fft2c, ifft2c
 
     maps, supp = head_maps(coils, size, size)
@@ -194,7 +195,7 @@ def write_volume(path: Path, slices: int, coils: int, size: int, noise_std: floa
     k = fft2c(maps * x[:, None]).expand(slices, -1, -1, -1)
     k = k + noise_std / math.sqrt(2) * torch.complex(torch.randn(k.shape, generator=g),
                                                       torch.randn(k.shape, generator=g))
-    rss = ifft2c(k).abs().pow(2).sum(1).sqrt()
+    rss = rss_of(ifft2c(k))
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         f.create_dataset("kspace", data=k.numpy())

@@ -25,6 +25,7 @@ from mri_diffusion.losses.common import crandn, re_inner
 from mri_diffusion.losses.gsure import gsure_terms
 from mri_diffusion.physics import Sense
 from mri_diffusion.physics.cg import conjugate_gradient
+from mri_diffusion.physics.fft import fft1c
 from mri_diffusion.physics.masks import RandomMask, default_center_fraction
 from mri_diffusion.physics.polyinv import ChebyshevInverse
 from mri_diffusion.types import MRIBatch
@@ -93,7 +94,7 @@ def exact_spectrum(maps: torch.Tensor, mask: torch.Tensor):
     """Per readout row h: eigenpairs of the W x W block of A^H A (1-D masks decouple rows). float64."""
     C, H, W = maps.shape[1:]
     eye = torch.eye(W, dtype=torch.complex128)
-    F = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(eye, dim=0), dim=0, norm="ortho"), dim=0)
+    F = fft1c(eye, dim=0)  # the centred unitary DFT matrix
     FMF = F.conj().T @ torch.diag(mask.reshape(W).to(torch.complex128)) @ F
     S = maps[0].to(torch.complex128)
     out = []

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from data_prep.fastmri_h5 import list_h5, open_volume
+from mri_diffusion.measurement import MeasurementModel
 from mri_diffusion.physics.calib import estimate_maps
 from mri_diffusion.physics.fft import fft2c
 from mri_diffusion.physics.masks import RandomMask
 from mri_diffusion.physics.normalize import acs_scale
+from mri_diffusion.physics.views import centre_crop
 from recon.diffusion import DiffusionRecon, load_prior
-from recon.pipeline import centre_crop
 
 
 class TimedDenoiser(torch.nn.Module):
@@ -85,15 +86,13 @@ def main():
         targets = f["reconstruction_rss"][: a.slices]
         ks = f["kspace"][: a.slices]
     for i in range(0 if a.only_15 else min(a.slices, vol.num_slices)):
-        k = torch.from_numpy(ks[i]).to(dev) * mask
-        scale = acs_scale(k, mask)
-        k = k / scale
-        maps = estimate_maps(k, mask)
-        ctx = {"file": vol.name, "slice": i, "noise_std": float(vol.attrs.get("noise_std", 0.0)) / scale}
+        m = MeasurementModel().condition(torch.from_numpy(ks[i]).to(dev), mask, attrs=vol.attrs,
+                                         where=f"{vol.path}: slice {i}")  # as mridiff recon conditions it
+        ctx = {"file": vol.name, "slice": i, "noise_std": m.noise_std}
         out = {}
         for name, rec in (("default", short), ("long", long)):
-            res, total, net_s, calls = run(rec, timed, k, mask, maps, ctx, dev)
-            img = centre_crop((res.image.abs() * scale).cpu().numpy(), vol.recon_size)
+            res, total, net_s, calls = run(rec, timed, m.kspace, m.mask, m.maps, ctx, dev)
+            img = centre_crop((res.image.abs() * m.scale).cpu().numpy(), vol.recon_size)
             t = targets[i]
             out[name] = (10 * np.log10(t.max() ** 2 / np.mean((img - t) ** 2)), total, net_s, calls)
         rows.append(out)

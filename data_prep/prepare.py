@@ -48,6 +48,7 @@ from mri_diffusion.atomic import atomic_write, atomic_write_text
 from mri_diffusion.data import FORMAT_VERSION, MANIFEST, PARTIAL_MANIFEST, SHARD_DIR, TARGET_DIR, shard_name
 from mri_diffusion.measurement import (NOISE_RULE, SCALE_RULE, Measurement, MeasurementModel, choose_mask,
                                        noise_source)
+from mri_diffusion.physics.coils import rss
 from mri_diffusion.physics.fft import ifft2c
 from mri_diffusion.physics.masks import acs_block, default_center_fraction, make_sampler, num_low_frequencies, seed_from
 from mri_diffusion.physics.views import LowResView, centre_slices, parse_view, view_shape_for
@@ -252,7 +253,7 @@ def _row(vol: Volume, index: int, m: Measurement, full_k: torch.Tensor | None) -
     if full_k is not None:
         coil = ifft2c(full_k)
         row["target"] = torch.sum(m.maps.conj() * coil, dim=0).cpu().numpy()
-        row["rss"] = torch.sqrt(torch.sum(torch.abs(coil) ** 2, dim=0)).float().cpu().numpy()
+        row["rss"] = rss(coil).float().cpu().numpy()
         for key in ("target", "rss"):
             if not np.all(np.isfinite(row[key])):
                 raise DataError(f"{vol.path}: slice {index}: '{key}' contains NaN/Inf after preparation")

@@ -34,10 +34,11 @@ import h5py
 import numpy as np
 import torch
 
-from mri_diffusion.physics.fft import fft2c, ifft2c
-from mri_diffusion.physics.views import centre_slices
-
 from mri_diffusion.atomic import atomic_write_text, check_writable
+from mri_diffusion.physics.coils import rss
+from mri_diffusion.physics.fft import fft2c, ifft2c
+from mri_diffusion.physics.views import centre_crop
+
 from .fastmri_h5 import DataError
 from .simulate import coil_maps, complex_noise, noise_std_for_snr, write_volume
 
@@ -143,11 +144,6 @@ def check_splits(splits: dict[str, list[int]], source: ComplexSource) -> tuple[d
     return assignment, sorted(set(source.ids) - set(assignment))
 
 
-def centre_crop(a: np.ndarray | torch.Tensor, shape: tuple[int, int]):
-    """Centre block (..., h, w) of (..., H, W) (fftshift-consistent, as LowResView crops k-space)."""
-    return a[..., centre_slices(a.shape[-2], shape[0]), centre_slices(a.shape[-1], shape[1])]
-
-
 def coil_kspace(x: np.ndarray, maps: np.ndarray, matrix: tuple[int, int]) -> np.ndarray:
     """Noise-free k-space: centre_crop(fft2c(S_c x), matrix). x (S, H, W), maps (C, H, W) -> (S, C, h, w) complex64."""
     k = fft2c(torch.from_numpy(maps)[None] * torch.from_numpy(x)[:, None])
@@ -156,7 +152,7 @@ def coil_kspace(x: np.ndarray, maps: np.ndarray, matrix: tuple[int, int]) -> np.
 
 def rss_image(kspace: np.ndarray) -> np.ndarray:
     """Root-sum-of-squares image (S, h, w) float32 of k-space (S, C, h, w)."""
-    return ifft2c(torch.from_numpy(kspace)).abs().square().sum(1).sqrt().numpy()
+    return rss(ifft2c(torch.from_numpy(kspace))).numpy()
 
 
 def _shape(opt: tuple[int, int] | None, within: tuple[int, int], what: str, source: Path) -> tuple[int, int]:

@@ -35,10 +35,14 @@ class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
+def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample vector (B,) as (B, 1, ..., 1) in the real dtype of ``like`` (B, ...), for broadcasting."""
+    return v.to(like.real.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
 def score(denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """The one place the score is derived from the denoiser (Tweedie): (D(x, s) - x) / s^2."""
-    s2 = (sigma.to(x.real.dtype) ** 2).reshape(-1, *([1] * (x.ndim - 1)))
-    return (denoiser(x, sigma) - x) / s2
+    return (denoiser(x, sigma) - x) / bcast(sigma, x) ** 2
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from mri_diffusion.physics import Sense, pinv
+from mri_diffusion.physics.coils import rss
 from mri_diffusion.physics.fft import ifft2c
 
 
 def zero_filled(kspace: torch.Tensor) -> torch.Tensor:
     """RSS of the coil images of the zero-filled k-space (the fastMRI zero-filled baseline). -> (H, W) real."""
-    return torch.sqrt(torch.sum(torch.abs(ifft2c(kspace)) ** 2, dim=-3))
+    return rss(ifft2c(kspace))
 
 
 def cg_sense(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, iters: int = 30, lam: float = 0.0,

@@ -24,7 +24,7 @@ import torch
 from data_prep.fastmri_h5 import DataError, Volume, iter_kspace, open_volume, write_reconstruction
 from mri_diffusion.measurement import MeasurementModel, choose_mask
 from mri_diffusion.physics.masks import make_sampler, seed_from
-from mri_diffusion.physics.views import centre_slices
+from mri_diffusion.physics.views import centre_crop
 
 from . import baselines
 from .figures import montage, save_png
@@ -70,11 +70,6 @@ def check_achievable(vol: Volume, spec: MaskSpec) -> None:
 def effective_acceleration(mask: torch.Tensor) -> float:
     """1 / (sampled fraction) of a (1, 1, W) or (1, H, W) mask."""
     return float(mask.numel() / mask.sum())
-
-
-def centre_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    H, W = x.shape[-2:]
-    return x[..., centre_slices(H, min(size[0], H)), centre_slices(W, min(size[1], W))]
 
 
 SliceMethod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], SliceResult]

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from ..types import bcast
 from .linop import LinearOp
 
 
@@ -18,10 +19,6 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample real part of <a, b>: (B,) float64."""
     prod = (a.conj() * b).real if torch.is_complex(a) else a * b
     return prod.reshape(prod.shape[0], -1).sum(dim=1, dtype=torch.float64)
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.to(like.real.dtype if torch.is_complex(like) else like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def conjugate_gradient(
@@ -50,11 +47,11 @@ def conjugate_gradient(
         Ap = normal(p)
         pAp = _dot(p, Ap)
         alpha = torch.where(active & (pAp > 0), rr / pAp.clamp_min(1e-60), torch.zeros_like(rr))
-        x = x + _bcast(alpha, x) * p
-        r = r - _bcast(alpha, r) * Ap
+        x = x + bcast(alpha, x) * p
+        r = r - bcast(alpha, r) * Ap
         rr_new = _dot(r, r)
         beta = torch.where(active, rr_new / rr.clamp_min(1e-60), torch.zeros_like(rr))
-        p = r + _bcast(beta, p) * p
+        p = r + bcast(beta, p) * p
         rr = rr_new
     return x
 

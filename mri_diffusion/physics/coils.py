@@ -34,12 +34,9 @@ import torch
 __all__ = ["espirit", "espirit_operator", "rss", "normalize_maps"]
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
-    """Root-sum-of-squares over the coil dim: sqrt(sum_c |x_c|^2). Real output (float32 for complex64 input)."""
-    if torch.is_complex(x):
-        x = torch.view_as_real(x)
-        dim = dim if dim >= 0 else dim - 1  # the new trailing (re, im) dim shifts negative indices
-        return torch.sqrt(torch.sum(x.square(), dim=(dim, -1)))
-    return torch.sqrt(torch.sum(x.square(), dim=dim))
+    """Root-sum-of-squares over the coil dim: sqrt(sum_c |x_c|^2). Real output (float32 for complex64 input).
+    The one RSS of the project (ACS scale, zero-filled baseline, prepared and simulated targets)."""
+    return torch.sqrt(torch.sum(torch.abs(x) ** 2, dim=dim))
 
 
 def normalize_maps(maps: torch.Tensor, dim: int = -3, eps: float = 0.0) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .coils import rss
 from .fft import ifft2c
 from .masks import acs_lines
 from .views import centre_slices
@@ -27,7 +28,7 @@ def acs_scale(kspace: torch.Tensor, mask: torch.Tensor, percentile: float = 99.0
     n = max(n, min_lines)
     keep = torch.zeros(W, dtype=kspace.real.dtype, device=kspace.device)
     keep[centre_slices(W, min(n, W))] = 1
-    img = torch.sqrt(torch.sum(torch.abs(ifft2c(kspace * keep)) ** 2, dim=-3))
+    img = rss(ifft2c(kspace * keep))
     s = float(torch.quantile(img.flatten().float(), percentile / 100.0))
     if not s > 0:
         raise ValueError("all-zero slice: cannot normalise (ACS image is zero)")

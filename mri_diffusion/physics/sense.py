@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .fft import fft2c, ifft2c
+from .fft import fft1, fft2c, fftshift, ifft1, ifft2c, ifftshift
 from .linop import Compose, LinearOp
 
 
@@ -91,8 +91,8 @@ class Sense(Compose):
         if self.mask.shape[-2] != 1:
             return super().normal(x)
         if self._shifted is None:
-            self._shifted = (torch.fft.ifftshift(self.maps, dim=-1), torch.fft.ifftshift(self.mask, dim=-1))
+            self._shifted = (ifftshift(self.maps, dim=-1), ifftshift(self.mask, dim=-1))
         maps, mask = self._shifted
-        u = maps * torch.fft.ifftshift(x, dim=-1).unsqueeze(-3)
-        z = torch.fft.ifft(torch.fft.fft(u, dim=-1, norm="ortho") * mask, dim=-1, norm="ortho")
-        return torch.fft.fftshift(torch.linalg.vecdot(maps.to(z.dtype), z, dim=-3), dim=-1)
+        u = maps * ifftshift(x, dim=-1).unsqueeze(-3)
+        z = ifft1(fft1(u, dim=-1) * mask, dim=-1)
+        return fftshift(torch.linalg.vecdot(maps.to(z.dtype), z, dim=-3), dim=-1)

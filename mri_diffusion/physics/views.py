@@ -23,6 +23,14 @@ def centre_slices(full: int, part: int) -> slice:
     return slice(start, start + part)
 
 
+def centre_crop(x, shape: tuple[int, int]):
+    """The centred block (..., h, w) of an array or tensor (..., H, W), fftshift-consistent (``centre_slices``):
+    the k-space centre of a view, the fastMRI reconstruction size of an image. (The evaluation crop,
+    ``recon.metrics.center_crop``, uses fastmri's own offsets, (H - h) // 2, which differ when H and h differ in
+    parity.)"""
+    return x[..., centre_slices(x.shape[-2], shape[0]), centre_slices(x.shape[-1], shape[1])]
+
+
 class LowResView(LinearOp):
     """Image (..., H, W) -> low-resolution image (..., h, w) through the k-space centre crop."""
 

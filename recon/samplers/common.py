@@ -32,7 +32,7 @@ from mri_diffusion.physics.cg import conjugate_gradient
 from mri_diffusion.physics.fft import fft2c, ifft2c
 from mri_diffusion.physics.linop import LinearOp
 from mri_diffusion.physics.sense import Sense
-from mri_diffusion.types import Denoiser, score
+from mri_diffusion.types import Denoiser, bcast, score
 
 from .prior import karras_sigmas
 
@@ -40,7 +40,7 @@ __all__ = [
     "NoiseSource", "derive_seed", "CountingDenoiser", "karras_sigmas", "geometric_sigmas", "default_sigmas",
     "network_calls", "get_sampler", "SAMPLER_NAMES", "levels", "sigma_vec", "denoise", "score_and_denoised",
     "noise_var_per_channel", "likelihood_grad", "is_single_coil", "hard_projection", "kaczmarz", "prox_solve",
-    "residual_norm", "bcast",
+    "residual_norm",
 ]
 
 SAMPLER_NAMES = ("cg", "dps", "pc", "langevin")
@@ -215,11 +215,6 @@ def levels(sigmas: torch.Tensor) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------------- denoiser
-
-
-def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, ..., 1) real, for broadcasting against ``like``."""
-    return v.to(like.real.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def sigma_vec(s: float, x: torch.Tensor) -> torch.Tensor:

@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 
 from mri_diffusion.physics.linop import LinearOp
-from mri_diffusion.types import Denoiser
+from mri_diffusion.types import Denoiser, bcast
 
-from .common import NoiseSource, bcast, denoise, levels, likelihood_grad, noise_var_per_channel, score_and_denoised
+from .common import NoiseSource, denoise, levels, likelihood_grad, noise_var_per_channel, score_and_denoised
 
 
 def network_calls(steps: int, n_steps: int = 3, final_denoise: bool = False, **options) -> int:

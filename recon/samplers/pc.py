@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 
 from mri_diffusion.physics.linop import LinearOp
-from mri_diffusion.types import Denoiser
+from mri_diffusion.types import Denoiser, bcast
 
-from .common import NoiseSource, bcast, hard_projection, is_single_coil, kaczmarz, levels, score_and_denoised
+from .common import NoiseSource, hard_projection, is_single_coil, kaczmarz, levels, score_and_denoised
 
 
 def network_calls(steps: int, n_corrector: int = 1, **options) -> int:
