@@ -30,8 +30,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from mri_diffusion.atomic import atomic_write, atomic_write_text
+from mri_diffusion.physics.coils import rss
+from mri_diffusion.physics.fft import fft2c, ifft2c
+from mri_diffusion.physics.views import centre_crop
+
 from .ismrmrd import make_header
 
 SPLITS = {"T": "train", "V": "val", "X": "test"}
@@ -99,7 +104,7 @@ def smooth_phase(shape: tuple[int, int], rng: np.random.Generator, strength: flo
     c = 3
     k[H // 2 - c:H // 2 + c + 1, W // 2 - c:W // 2 + c + 1] = (
         rng.standard_normal((2 * c + 1, 2 * c + 1)) + 1j * rng.standard_normal((2 * c + 1, 2 * c + 1)))
-    field = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k))).real
+    field = ifft2c(torch.from_numpy(k)).real.numpy()
     return (strength * field / (np.abs(field).max() + 1e-12)).astype(np.float32)
 
 
@@ -110,7 +115,7 @@ def coil_maps(coils: int, matrix: int | tuple[int, int], radius: float = 1.1) ->
 
     H, W = (matrix, matrix) if np.isscalar(matrix) else matrix
     maps = sigpy.mri.birdcage_maps((coils, H, W), r=radius, nzz=coils).astype(np.complex64)
-    return maps / np.sqrt((np.abs(maps) ** 2).sum(0)).max()
+    return maps / rss(torch.from_numpy(maps)).max().numpy()
 
 
 def complex_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -126,14 +131,6 @@ def noise_std_for_snr(mag: np.ndarray, snr_db: float, ref_max: float | None = No
     """
     ref = float(mag.max()) if ref_max is None else ref_max
     return float(mag[mag > 0.1 * ref].mean() / 10 ** (snr_db / 20))
-
-
-def _fft2c(x: np.ndarray) -> np.ndarray:
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-
-
-def _ifft2c(k: np.ndarray) -> np.ndarray:
-    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
 
 
 def select_slices(vol: np.ndarray, cfg: SimConfig) -> list[int]:
@@ -167,7 +164,7 @@ def simulate_slice(mag: np.ndarray, maps: np.ndarray, rng: np.random.Generator, 
                    sigma: float) -> np.ndarray:
     """One slice: magnitude (H, W) -> noisy multi-coil k-space (C, H, W) complex64."""
     x = mag * np.exp(1j * smooth_phase(mag.shape, rng, cfg.phase_strength))
-    k = _fft2c(maps * x[None])
+    k = fft2c(torch.from_numpy(maps * x[None])).numpy()
     return (k + complex_noise(k.shape, sigma, rng)).astype(np.complex64)
 
 
@@ -178,14 +175,14 @@ def write_volume(path: Path, kspace: np.ndarray, fov_mm: float | tuple[float, fl
     ``fov_mm``: square field of view, or (along H, along W)."""
     S, C, H, W = kspace.shape
     fov = (fov_mm, fov_mm) if np.isscalar(fov_mm) else tuple(fov_mm)
-    rss = np.sqrt((np.abs(_ifft2c(kspace)) ** 2).sum(1)).astype(np.float32)
+    rss_image = rss(ifft2c(torch.from_numpy(kspace))).numpy().astype(np.float32)
     with atomic_write(path, overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("kspace", data=kspace)
-            f.create_dataset("reconstruction_rss", data=rss)
+            f.create_dataset("reconstruction_rss", data=rss_image)
             f.create_dataset("ismrmrd_header", data=make_header((H, W), (H, W), fov, thickness_mm, C))
-            f.attrs["max"] = float(rss.max())
-            f.attrs["norm"] = float(np.linalg.norm(rss))
+            f.attrs["max"] = float(rss_image.max())
+            f.attrs["norm"] = float(np.linalg.norm(rss_image))
             for k, v in attrs.items():
                 f.attrs[k] = v
 
@@ -232,11 +229,10 @@ def simulate(source: str | Path, out_dir: str | Path, cfg: SimConfig = SimConfig
         files[split].append(name)
         if split == "train" and cfg.lowres > 0:
             lo = int(round(cfg.matrix * cfg.lowres))
-            crop = slice(cfg.matrix // 2 - lo // 2, cfg.matrix // 2 - lo // 2 + lo)
             kl = []
             for z in block:
                 rng = np.random.default_rng([cfg.seed, z, 1])  # an independent acquisition of slice z
-                kl.append(simulate_slice(mags[z], maps, rng, cfg, sigma)[:, crop, crop])
+                kl.append(centre_crop(simulate_slice(mags[z], maps, rng, cfg, sigma), (lo, lo)))
             lname = name.replace("_train_", "_lowres_")
             write_volume(out_dir / "multicoil_lowres" / lname, np.stack(kl), fov, zooms[2] * cfg.slice_step,
                          {**attrs, "full_matrix": np.asarray([cfg.matrix, cfg.matrix], np.int32)}, overwrite)

@@ -142,6 +142,17 @@ def test_libraries_do_not_import_click():
                 assert not any(n.split(".")[0] == "click" for n in names), f"{py} imports click"
 
 
+def test_ffts_only_through_physics_fft():
+    """One FFT convention (centred, orthonormal): every transform in the packages goes through physics/fft.py."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    for pkg in ("mri_diffusion", "data_prep", "recon"):
+        for py in (root / pkg).rglob("*.py"):
+            if py != root / "mri_diffusion" / "physics" / "fft.py":
+                assert not re.search(r"\b(torch|np|numpy|scipy|sp)\.fft\b", py.read_text()), f"{py} calls an FFT"
+
+
 def test_all_zero_slice_and_odd_sizes(tmp_path):
     d = tmp_path / "odd"
     d.mkdir()
