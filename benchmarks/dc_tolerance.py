@@ -1,7 +1,7 @@
 """How many CG iterations the ``cg`` sampler's data-consistency (DC) step needs: error vs ``cg_iters``.
 
 At every noise level sigma_i the ``cg`` sampler solves (A^H A + lam_i) x = A^H y + lam_i x0_hat by CG
-warm-started at x0_hat = D(x, sigma_i) (``recon/samplers/cg.py``). This script runs the sampler on simulated
+warm-started at x0_hat = D(x, sigma_i) (``recon/samplers/dds.py``). This script runs the sampler on simulated
 slices with the shipped prior and a converged DC solve at every level (``--ref-iters``, tol 1e-6), records
 x0_hat and lam_i of every level, and re-solves each level's subproblem with k CG iterations from the same
 x0_hat (the iterates of ``physics.cg.conjugate_gradient``; checked against it). Per k it prints, worst over
@@ -108,7 +108,7 @@ def psnr(rec, target):
 
 def measure(denoiser, y, A, nstd, target, seed, ref_iters, sigmas):
     """Per-level arrays (levels, KMAX + 1) of the metrics above, and end-to-end results per setting."""
-    fn = get_sampler("cg")
+    fn = get_sampler("dds")
     rec = Recorder(denoiser)
     noise = NoiseSource([seed])
     x_ref = fn(rec, y, A, sigmas, noise=noise, noise_std=nstd, cg_iters=ref_iters, cg_tol=1e-6)
@@ -171,10 +171,10 @@ def main():
     a = ap.parse_args()
     torch.set_flush_denormal(True)
     dev = torch.device("cpu")
-    print(f"Machine: {machine_line(dev)}; prior {a.checkpoint}; sampler cg, its default 30-level schedule, "
+    print(f"Machine: {machine_line(dev)}; prior {a.checkpoint}; sampler dds, its default 30-level schedule, "
           f"1 sample per slice; worst over levels and slices unless said")
     net, _, _ = load_prior(a.checkpoint, dev)
-    sigmas = default_sigmas("cg")
+    sigmas = default_sigmas("dds")
     files = list_h5([a.data])[: a.files]
     for crop in a.crop:
         for R in a.accelerations:

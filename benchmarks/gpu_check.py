@@ -11,7 +11,7 @@ recorded with its error, the other parts still run, and the command exits 1 at t
          'small', bf16 autocast on CUDA as the training loop): the largest of a few batch sizes that fits
          (benchmarks/train_cost.py's synthetic batch and step timer).
   recon  posterior-sampling reconstruction s/slice as `mridiff recon` runs it (recon.pipeline.reconstruct_volume:
-         ACS scale, coil compression to 8 virtual coils, ESPIRiT, built-in prior, sampler cg with its default
+         ACS scale, coil compression to 8 virtual coils, ESPIRiT, built-in prior, sampler dds with its default
          schedule, 4 samples) on synthetic 8-coil 128^2 and 15-coil 320^2 volumes, slice by slice and with all
          slices of a volume in one batch; share of time in the network (benchmarks/recon_speed.py's timer).
   ddp    torchrun with one process per GPU (nccl) against one plain process, same config and data: the same
@@ -329,8 +329,8 @@ def part_recon(plan: Plan, dev: torch.device, work: Path, part: Part):
 
     net, cfg, _ = load_prior("builtin", dev)
     timed = TimedDenoiser(net, dev)
-    rec = DiffusionRecon(timed, "cg", plan.recon_steps, plan.samples)
-    part.info.update(prior=cfg.name, sampler="cg", calls_per_sample=rec.calls_per_sample, samples=plan.samples,
+    rec = DiffusionRecon(timed, "dds", plan.recon_steps, plan.samples)
+    part.info.update(prior=cfg.name, sampler="dds", calls_per_sample=rec.calls_per_sample, samples=plan.samples,
                      virtual_coils=DEFAULT_VIRTUAL_COILS, mask="random 4x", slices_per_volume=plan.recon_slices)
     for coils, size in plan.recon_cases:
         vol = open_volume(write_volume(work / f"recon_{coils}c_{size}.h5", plan.recon_slices, coils, size))

@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--data", required=True, type=Path, help="simulation root with multicoil_val/ and multicoil_test/")
     ap.add_argument("--prior", action="append", default=[], help="name=checkpoint")
     ap.add_argument("--accelerations", default="4,8")
-    ap.add_argument("--sampler", default="cg")
+    ap.add_argument("--sampler", default="dds")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--sampler-option", action="append", default=[], help="key=value")

@@ -1,6 +1,6 @@
 """Speed of posterior-sampling reconstruction: network calls, seconds per slice, time outside the network.
 
-1. On test slices of the built-in data (8 coils, 128 x 128): the default recipe (sampler cg, its default
+1. On test slices of the built-in data (8 coils, 128 x 128): the default recipe (sampler dds, its default
    schedule) vs a 500-call run of the same sampler: PSNR of both against reconstruction_rss (slice max as
    range), seconds per slice, and the share of time spent outside the network (FFTs, CG, data movement).
 2. On a synthetic 15-coil 320 x 320 slice: the same timing split (no quality: the prior is fully convolutional).
@@ -73,12 +73,12 @@ def main():
     dev = torch.device(a.device)
     net, cfg, ck = load_prior(a.checkpoint, dev)
     timed = TimedDenoiser(net, dev)
-    short = DiffusionRecon(timed, "cg", None, a.samples)
-    long = DiffusionRecon(timed, "cg", a.long_steps, a.samples)
+    short = DiffusionRecon(timed, "dds", None, a.samples)
+    long = DiffusionRecon(timed, "dds", a.long_steps, a.samples)
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {dev}"
           + (f" ({torch.cuda.get_device_name()})" if dev.type == "cuda" else ""))
-    print(f"prior {cfg.name} (step {ck['step']}); sampler cg, {a.samples} posterior samples per slice (batched)")
+    print(f"prior {cfg.name} (step {ck['step']}); sampler dds, {a.samples} posterior samples per slice (batched)")
     rows = []
     vol = open_volume(list_h5(a.data)[0])
     mask = RandomMask(4.0).sample(vol.shape, 0).to(dev)

@@ -148,7 +148,7 @@ def main(argv=None):
                     + ", ".join(f"{k}={v[0]}" for k, v in DEFAULT_PRIORS.items()))
     ap.add_argument("--real", type=Path, default=None, help="folder of real fully sampled fastMRI files")
     ap.add_argument("--accelerations", default="4,8")
-    ap.add_argument("--sampler", default="cg")
+    ap.add_argument("--sampler", default="dds", help="posterior sampler (cg: the old name of dds)")
     ap.add_argument("--steps", type=int, default=None, help="noise levels (default: the sampler's recipe)")
     ap.add_argument("--samples", type=int, default=4, help="posterior samples per slice")
     ap.add_argument("--max-slices", type=int, default=None)

@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--full", required=True, help="(c) checkpoint or 'builtin'")
     ap.add_argument("--prior", action="append", default=[], help="NAME=CKPT: more priors (ablations)")
     ap.add_argument("--accelerations", default="4,8")
-    ap.add_argument("--sampler", default="cg")
+    ap.add_argument("--sampler", default="dds")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-slices", type=int, default=None)
     ap.add_argument("--out", required=True, type=Path)

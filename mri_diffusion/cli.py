@@ -147,7 +147,8 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
               show_default=True)
 @click.option("--checkpoint", default=None,
               help="Prior for --method diffusion: a checkpoint from mridiff train, or 'builtin'.")
-@click.option("--sampler", type=click.Choice(["cg", "dps", "pc", "langevin"]), default="cg", show_default=True)
+@click.option("--sampler", type=click.Choice(["dds", "dps", "pc", "langevin", "cg"]), default="dds", show_default=True,
+              help="Posterior sampler; cg is the old name of dds (its data-consistency step is a CG solve).")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Noise levels of the sampler (default: the sampler's own).")
 @click.option("--samples", type=POSITIVE_INT, default=4, show_default=True,
               help="Posterior samples per slice (mean + std; 1: no std).")

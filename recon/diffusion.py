@@ -22,7 +22,7 @@ from data_prep.fastmri_h5 import DataError
 from mri_diffusion.physics import Sense
 
 from .pipeline import SliceResult
-from .samplers.common import NoiseSource, default_sigmas, derive_seed, get_sampler, network_calls
+from .samplers.common import NoiseSource, canonical_sampler, default_sigmas, derive_seed, get_sampler, network_calls
 
 
 _SIGNATURE = {"noise", "noise_std", "callback"}  # every sampler's shared keywords, not options
@@ -77,7 +77,7 @@ class DiffusionRecon:
     """A ``SliceMethod`` running sampler ``sampler`` with ``steps`` noise levels and ``samples`` draws."""
 
     denoiser: torch.nn.Module
-    sampler: str = "cg"
+    sampler: str = "dds"
     steps: int | None = None
     samples: int = 4
     seed: int = 0
@@ -88,6 +88,7 @@ class DiffusionRecon:
     def __post_init__(self):
         if self.samples < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError(f"samples ({self.samples}) and steps ({self.steps}) must be >= 1")
+        self.sampler = canonical_sampler(self.sampler)  # 'cg' -> 'dds'
         self.sigmas = default_sigmas(self.sampler, self.steps)
         self.fn = get_sampler(self.sampler)
 

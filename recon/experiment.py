@@ -110,7 +110,7 @@ def baseline_methods(val_dir: Path, accelerations: list[float], device: torch.de
                    settings=lambda R: {"l1_lambda": lams[R]})]
 
 
-def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "cg", steps: int | None = None,
+def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "dds", steps: int | None = None,
                  samples: int = 4, options: dict | None = None) -> Method:
     """A ``Method`` that reconstructs by posterior sampling with the prior in ``checkpoint`` (``builtin`` too).
 
@@ -121,7 +121,7 @@ def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "cg
     net, cfg, ck = load_prior(checkpoint, device)
     rec = DiffusionRecon(net, sampler, steps, samples, 0, False, dict(options or {}))
     return Method(name, lambda R: rec,
-                  attrs={"prior": str(checkpoint), "prior_step": int(ck["step"]), "sampler": sampler,
+                  attrs={"prior": str(checkpoint), "prior_step": int(ck["step"]), "sampler": rec.sampler,
                          "samples": samples, "network_calls_per_sample": rec.calls_per_sample},
                   virtual_coils=DEFAULT_VIRTUAL_COILS)
 

@@ -28,6 +28,7 @@ from mri_diffusion.physics.views import centre_crop
 
 from . import baselines
 from .figures import montage, save_png
+from .samplers.common import SAMPLER_ALIASES
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,9 @@ def _finished(path: Path, settings: dict) -> bool:
             same = f.attrs.get("settings_fingerprint") == fingerprint(settings)
     except (OSError, ValueError):
         old, same = {}, False
+    if not same and old.get("sampler") in SAMPLER_ALIASES:  # made before the sampler's rename (cg -> dds)
+        old["sampler"] = SAMPLER_ALIASES[old["sampler"]]
+        same = fingerprint(old) == fingerprint(settings)
     if same:
         return True
     diff = [f"{k}: {old.get(k, 'not recorded')} -> {settings[k]}" for k in sorted(settings) if old.get(k) != settings[k]]

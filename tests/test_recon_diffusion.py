@@ -29,7 +29,7 @@ def tiny_prior(tmp_path_factory):
     return d / "run" / "checkpoint.pt", d / "test" / "t.h5"
 
 
-@pytest.mark.parametrize("sampler", ["cg", "dps", "pc", "langevin"])
+@pytest.mark.parametrize("sampler", ["dds", "dps", "pc", "langevin", "cg"])
 def test_recon_diffusion_every_sampler(tiny_prior, tmp_path, sampler):
     ckpt, f = tiny_prior
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "o"), "--method", "diffusion",
@@ -41,7 +41,8 @@ def test_recon_diffusion_every_sampler(tiny_prior, tmp_path, sampler):
         rec, std = h["reconstruction"][()], h["reconstruction_std"][()]
         assert rec.shape == std.shape == (2, 40, 48) and np.all(np.isfinite(rec)) and np.all(std >= 0)
         assert h["reconstruction_samples"].shape == (2, 2, 40, 48)
-        assert h.attrs["sampler"] == sampler and h.attrs["network_calls_per_sample"] > 0
+        assert h.attrs["sampler"] == {"cg": "dds"}.get(sampler, sampler)  # cg: the old name of dds, still accepted
+        assert h.attrs["network_calls_per_sample"] > 0
         assert h.attrs["method"] == "diffusion-tiny"
     assert (tmp_path / "o" / "t.png").exists()
 
@@ -117,7 +118,7 @@ def test_diffusion_compresses_many_coils_by_default(tiny_prior, tmp_path):
     assert r.exit_code != 0 and "--virtual-coils" in r.output
 
 
-@pytest.mark.parametrize("sampler", ["cg", "dps"])
+@pytest.mark.parametrize("sampler", ["dds", "dps"])
 def test_batching_slices_changes_nothing(tiny_prior, tmp_path, sampler):
     """--batch-slices 2 (slices x samples in one sampler run) gives the slice-by-slice result: noise is seeded
     per (file, slice, sample) and every sampler works per batch element."""
@@ -149,3 +150,21 @@ def test_run_methods_reuses_only_matching_settings(tmp_path):
         run_methods(tmp_path / "t", out, zf, [4.0], torch.device("cpu"), max_slices=n, progress=False)
         with h5py.File(out / "zero-filled_R4" / "v.h5") as h:
             assert h["reconstruction"].shape[0] == n and h.attrs["code_commit"]
+
+
+def test_resume_accepts_files_made_under_the_old_sampler_name(tiny_prior, tmp_path):
+    """A file written as sampler 'cg' (before the rename to dds) counts as finished for the same settings."""
+    import json
+
+    from recon.pipeline import fingerprint
+
+    ckpt, f = tiny_prior
+    args = ["recon", str(f), "--out", str(tmp_path / "o"), "--method", "diffusion", "--checkpoint", str(ckpt),
+            "--steps", "2", "--samples", "2", "-R", "3", "--center-fraction", "0.16", "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    with h5py.File(tmp_path / "o" / "t.h5", "r+") as h:
+        settings = {**json.loads(h.attrs["settings"]), "sampler": "cg"}
+        h.attrs["settings"] = json.dumps(settings, sort_keys=True)
+        h.attrs["settings_fingerprint"] = fingerprint(settings)
+    r = CliRunner().invoke(main, args + ["--sampler", "cg"])
+    assert r.exit_code == 0 and "1 finished file(s) skipped" in r.output, r.output

@@ -1,4 +1,4 @@
-"""Posterior samplers (cg, dps, pc, langevin) against an exact Gaussian posterior, plus plumbing tests.
+"""Posterior samplers (dds, dps, pc, langevin) against an exact Gaussian posterior, plus plumbing tests.
 
 Prior: x0 = mu + g * eps (eps with N(0, 1) real and imaginary parts, g per pixel), whose MMSE denoiser is
 D(x, sigma) = mu + g^2 / (g^2 + sigma^2) (x - mu). With y = A x0 + n, n ~ CN(0, sigma_y^2) on the mask, the
@@ -181,39 +181,39 @@ def _assert_not_over_dispersed(r):
 # --------------------------------------------------------------------------------- exact Gaussian posterior
 
 
-def test_cg_perturbed_is_exact(prob):
-    """Perturb-and-MAP cg with the per-pixel prior std as sigma_data: exact for any eta, 10 network calls.
+def test_dds_perturbed_is_exact(prob):
+    """Perturb-and-MAP dds with the per-pixel prior std as sigma_data: exact for any eta, 10 network calls.
     Mean (chi^2 of the whitened mean error) and full covariance (T statistic) within Monte-Carlo error."""
     for eta in (0.85, 1.0):
-        r = prob.run("cg", karras_sigmas(10), eta=eta, perturb=True, cg_iters=20, sigma_data=prob.g)
-        _report(f"cg perturb eta={eta}", r)
+        r = prob.run("dds", karras_sigmas(10), eta=eta, perturb=True, cg_iters=20, sigma_data=prob.g)
+        _report(f"dds perturb eta={eta}", r)
         _assert_exact(r)
         assert r["res"] < 1.5 * prob.noise_norm
 
 
-def test_cg_dds_default(prob):
-    """DDS (deterministic DC, ``perturb=False``) is NOT a posterior sampler (cg.py docstring). What it does
+def test_dds_default(prob):
+    """DDS (deterministic DC, ``perturb=False``) is NOT a posterior sampler (dds.py docstring). What it does
     guarantee here: with eta = 1 the mean is the posterior mean (Hotelling test with its own covariance, within
     Monte-Carlo error); eta < 1 biases the mean (bounded); the covariance is never larger than the posterior's in
     any direction, and its total is clearly smaller (the variance DDS loses, measured ~ -60 %)."""
-    r1 = prob.run("cg", karras_sigmas(30), eta=1.0, sigma_data=prob.g)
-    _report("cg DDS eta=1", r1)
+    r1 = prob.run("dds", karras_sigmas(30), eta=1.0, sigma_data=prob.g)
+    _report("dds eta=1", r1)
     assert r1["hotelling"] < _chi2_limit(r1["d"]), r1["hotelling"]
     _assert_not_over_dispersed(r1)
     assert float(r1["eig_post"].mean()) < 0.8  # trace ratio, measured 0.40
-    r = prob.run("cg", karras_sigmas(30), sigma_data=prob.g)  # default eta = 0.85
-    _report("cg DDS eta=0.85", r)
+    r = prob.run("dds", karras_sigmas(30), sigma_data=prob.g)  # default eta = 0.85
+    _report("dds eta=0.85", r)
     assert r["mean_rel"] < 0.15 < r["prior_rel"]
     assert float(r["bias"].abs().max()) < 1.0
     _assert_not_over_dispersed(r)
     assert r["res"] < prob.noise_norm  # fits the data at least as well as the truth does
 
 
-def test_cg_hard_projection_noiseless():
+def test_dds_hard_projection_noiseless():
     """sigma_y = 0: lam = 0 and the CG step is the projection onto {A x = y}."""
     p = Problem(sigma_y=0.0)
     A, y, nstd = p.batch(4)
-    x = get_sampler("cg")(p.den, y, A, karras_sigmas(5), noise=NoiseSource(range(4)), noise_std=nstd, cg_iters=30)
+    x = get_sampler("dds")(p.den, y, A, karras_sigmas(5), noise=NoiseSource(range(4)), noise_std=nstd, cg_iters=30)
     assert float(residual_norm(A, x, y).max()) < 1e-4 * float(torch.linalg.vector_norm(y[0]))
 
 
@@ -300,7 +300,7 @@ def _small_batch(B, H=6, W=5, C=2, seed=1):
     return maps, mask, y, nstd
 
 
-_FEW = {"cg": dict(perturb=True), "dps": dict(stochastic=True), "pc": dict(n_corrector=1),
+_FEW = {"dds": dict(perturb=True), "dps": dict(stochastic=True), "pc": dict(n_corrector=1),
         "langevin": dict(n_steps=2)}
 
 
@@ -340,7 +340,7 @@ def test_edm_tiny_runs_and_counts(name):
     assert net.calls == network_calls(name, 3) and seen == [0, 1, 2]
 
 
-@pytest.mark.parametrize("name,opts", [("cg", {}), ("dps", {}), ("pc", dict(n_corrector=2)), ("pc", {}),
+@pytest.mark.parametrize("name,opts", [("dds", {}), ("dps", {}), ("pc", dict(n_corrector=2)), ("pc", {}),
                                        ("langevin", dict(n_steps=2, final_denoise=True)), ("langevin", {})])
 def test_network_call_counts(prob, name, opts):
     den = CountingDenoiser(prob.den)
@@ -349,7 +349,7 @@ def test_network_call_counts(prob, name, opts):
         den.calls = 0
         get_sampler(name)(den, y, A, default_sigmas(name, steps), noise=NoiseSource([0, 1]), noise_std=nstd, **opts)
         assert den.calls == network_calls(name, steps, **opts)
-    assert network_calls("cg", 30) == 30 and network_calls("pc", 10) == 20 and network_calls("langevin", 10) == 30
+    assert network_calls("dds", 30) == 30 and network_calls("pc", 10) == 20 and network_calls("langevin", 10) == 30
 
 
 def test_noise_source():
@@ -371,8 +371,17 @@ def test_noise_source():
 def test_schedule_validation(prob):
     A, y, nstd = prob.batch(1)
     with pytest.raises(ValueError):
-        get_sampler("cg")(prob.den, y, A, torch.tensor([1.0, 0.5]), noise=NoiseSource([0]), noise_std=nstd)
+        get_sampler("dds")(prob.den, y, A, torch.tensor([1.0, 0.5]), noise=NoiseSource([0]), noise_std=nstd)
     with pytest.raises(ValueError):
         network_calls("nope", 3)
     s = default_sigmas("pc", 7)
     assert s.shape == (8,) and float(s[-1]) == 0 and bool((s[1:] < s[:-1]).all())
+
+
+def test_cg_is_the_old_name_of_dds():
+    from recon.samplers import SAMPLER_ALIASES, canonical_sampler
+
+    assert SAMPLER_ALIASES == {"cg": "dds"} and canonical_sampler("cg") == "dds" and "cg" not in SAMPLER_NAMES
+    assert get_sampler("cg") is get_sampler("dds") and torch.equal(default_sigmas("cg"), default_sigmas("dds"))
+    with pytest.raises(ValueError, match="unknown sampler 'foo'"):
+        get_sampler("foo")

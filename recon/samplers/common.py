@@ -1,4 +1,5 @@
-"""Pieces shared by the posterior samplers (``cg``, ``dps``, ``pc``, ``langevin``).
+"""Pieces shared by the posterior samplers (``dds``, ``dps``, ``pc``, ``langevin``; ``cg`` is the old name of
+``dds``, still accepted).
 
 Every posterior sampler has the signature
 
@@ -14,7 +15,7 @@ Every posterior sampler has the signature
 * ``noise`` a :class:`NoiseSource`: all randomness comes from it, and element b of every draw depends only on
   (seeds[b], step, sub), so a slice's result does not depend on how slices / samples are batched.
 * ``callback(i, x, x0_hat)`` is called after every noise level i with the current iterate and clean-image
-  estimate (D(x, sigma_i); for ``cg`` the data-consistent x0 after the CG step).
+  estimate (D(x, sigma_i); for ``dds`` the data-consistent x0 after the CG step).
 
 ``network_calls(name, steps, **options)`` gives the number of denoiser calls one run makes per batch (each call
 handles the whole batch, so this is also the count per slice); ``CountingDenoiser`` counts them for real.
@@ -38,12 +39,13 @@ from .prior import karras_sigmas
 
 __all__ = [
     "NoiseSource", "derive_seed", "CountingDenoiser", "karras_sigmas", "geometric_sigmas", "default_sigmas",
-    "network_calls", "get_sampler", "SAMPLER_NAMES", "levels", "sigma_vec", "denoise", "score_and_denoised",
+    "network_calls", "get_sampler", "canonical_sampler", "SAMPLER_NAMES", "SAMPLER_ALIASES", "levels", "sigma_vec", "denoise", "score_and_denoised",
     "noise_var_per_channel", "likelihood_grad", "is_single_coil", "hard_projection", "kaczmarz", "prox_solve",
     "residual_norm",
 ]
 
-SAMPLER_NAMES = ("cg", "dps", "pc", "langevin")
+SAMPLER_NAMES = ("dds", "dps", "pc", "langevin")
+SAMPLER_ALIASES = {"cg": "dds"}  # old names that still work (``cg`` named dds after its solver, physics.cg)
 
 # ----------------------------------------------------------------------------------------------- noise
 
@@ -167,41 +169,45 @@ _DEFAULT_SCHEDULES = {
     # DDS-style, few steps. Data consistency fixes the coarse structure, so starting at sigma 5 instead of 80
     # spends the 30 calls where they matter: on the built-in data at 4x (DSM prior, 2 samples) 30 levels from
     # 80 gave 32.4 dB, from 10 33.4 dB, from 3 33.8 dB, vs 34.1 dB for 200 levels from 80.
-    "cg": ("karras", 30, 0.002, 5.0),
+    "dds": ("karras", 30, 0.002, 5.0),
     "dps": ("karras", 500, 0.004, 10.0),  # A-DPS script: EDM Euler, sigma 10 -> 0.004, 500 steps
     "pc": ("geometric", 500, 0.002, 80.0),  # score-MRI: VE SDE, N = 500 (hybrid script default)
     "langevin": ("geometric", 250, 0.002, 20.0),  # NCSN-style geometric levels, n_steps each
 }
 
 
+def canonical_sampler(name: str) -> str:
+    """The sampler's name, with old names (``SAMPLER_ALIASES``: ``cg`` -> ``dds``) resolved; ValueError if unknown."""
+    name = SAMPLER_ALIASES.get(name, name)
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLER_NAMES}")
+    return name
+
+
 def default_sigmas(name: str, steps: int | None = None, sigma_min: float | None = None,
                    sigma_max: float | None = None) -> torch.Tensor:
     """The default noise levels (n+1,) of sampler ``name``; ``steps`` = number of positive levels."""
-    if name not in _DEFAULT_SCHEDULES:
-        raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLER_NAMES}")
-    kind, n, lo, hi = _DEFAULT_SCHEDULES[name]
+    kind, n, lo, hi = _DEFAULT_SCHEDULES[canonical_sampler(name)]
     n = n if steps is None else int(steps)
     lo = lo if sigma_min is None else sigma_min
     hi = hi if sigma_max is None else sigma_max
     return karras_sigmas(n, lo, hi) if kind == "karras" else geometric_sigmas(n, lo, hi)
 
 
-def get_sampler(name: str) -> Callable:
-    """The ``sample`` function of sampler ``name``."""
-    if name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLER_NAMES}")
+def _module(name: str):
     import importlib
 
-    return importlib.import_module(f"{__package__}.{name}").sample
+    return importlib.import_module(f"{__package__}.{canonical_sampler(name)}")
+
+
+def get_sampler(name: str) -> Callable:
+    """The ``sample`` function of sampler ``name``."""
+    return _module(name).sample
 
 
 def network_calls(name: str, steps: int, **options) -> int:
     """Denoiser calls of one run of sampler ``name`` with ``steps`` positive noise levels (len(sigmas) - 1)."""
-    if name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {name!r}; choose from {SAMPLER_NAMES}")
-    import importlib
-
-    return importlib.import_module(f"{__package__}.{name}").network_calls(steps, **options)
+    return _module(name).network_calls(steps, **options)
 
 
 def levels(sigmas: torch.Tensor) -> list[float]:

@@ -1,5 +1,6 @@
-"""``cg``: denoise -> CG data consistency -> re-noise (DDS, Chung, Lee & Ye, ICLR 2024, Alg. 1 / Eq. 14-16;
-DiffPIR, Zhu et al., CVPR 2023, Eq. 13-15), one network call per noise level.
+"""``dds``: denoise -> CG data consistency -> re-noise (DDS, Chung, Lee & Ye, ICLR 2024, Alg. 1 / Eq. 14-16;
+DiffPIR, Zhu et al., CVPR 2023, Eq. 13-15), one network call per noise level. (Called ``cg`` before, after the
+solver of its data-consistency step, ``physics.cg``; ``--sampler cg`` still selects it.)
 
 At level sigma_i (VE, sigma per real channel), with sy2 = sigma_y^2 / 2 the measurement variance per real
 channel and r_i^2 = sigma_i^2 sd^2 / (sigma_i^2 + sd^2) (sd = ``sigma_data``):
