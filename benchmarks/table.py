@@ -25,6 +25,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -129,7 +130,7 @@ def write_section(path: Path, text: str, section: str = "Benchmark table") -> No
     markers (the default title keeps the historical ones)."""
     begin, end = BEGIN, END
     if section != "Benchmark table":
-        tag = "-".join(section.lower().split())
+        tag = re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
         begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     old = path.read_text() if path.exists() else ""
     block = f"{begin}\n{text.rstrip()}\n{end}\n"
