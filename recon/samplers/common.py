@@ -268,16 +268,29 @@ def is_single_coil(A: LinearOp) -> bool:
     return isinstance(A, Sense) and A.num_coils == 1 and bool((A.maps == 1).all())
 
 
-def hard_projection(A: Sense, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Single-coil hard data consistency x <- F^H((1 - M) F x + M y): replaces the sampled k-space by y."""
+def hard_projection(A: Sense, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Single-coil data consistency in k-space: x <- F^H((1 - M) F x + M y) replaces the sampled k-space by y;
+    with ``weight`` w (B,) it moves the sampled entries the fraction w towards y, F x + w M (y - F x) (w = 1: the
+    replacement)."""
     m = A.mask[:, 0].to(torch.float32)  # (B, 1, W) or (B, H, W)
     k = fft2c(x)
-    return ifft2c((1 - m) * k + m * y[:, 0])
+    if weight is None:
+        return ifft2c((1 - m) * k + m * y[:, 0])
+    return ifft2c(k + bcast(weight, k) * m * (y[:, 0] - k))
 
 
-def kaczmarz(A: LinearOp, x: torch.Tensor, y: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """One SENSE gradient / Kaczmarz step x <- x + lam A^H (y - A x) (score-MRI hybrid)."""
-    return x + lam * likelihood_grad(A, x, y)
+def kaczmarz(A: LinearOp, x: torch.Tensor, y: torch.Tensor, lam: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """One SENSE gradient / Kaczmarz step x <- x + lam A^H (y - A x) (score-MRI hybrid); ``lam`` a number or (B,)."""
+    return x + (bcast(lam, x) if torch.is_tensor(lam) else lam) * likelihood_grad(A, x, y)
+
+
+def data_weight(level: float, sy2: torch.Tensor) -> torch.Tensor | None:
+    """w = level^2 / (level^2 + sy2) (B,): how far a data-consistency step moves an iterate with noise ``level`` (per
+    real channel) towards measurements with noise variance ``sy2`` (per real channel) -- the weight of y in the
+    Gaussian combination of the two estimates of the measured k-space. None when w = 1 for every element
+    (noiseless data: the full step)."""
+    w = level * level / (level * level + sy2)
+    return None if bool((w == 1).all()) else w
 
 
 def prox_solve(A: LinearOp, y: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, iters: int = 5,
