@@ -277,6 +277,9 @@ def test_noise_level_matters_for_dps_and_pc(prob, name):
     true level differ: treated as noiseless, PC collapses the spread (total variance ~ 12 % of the posterior's) and
     DPS fits the noise (residual well below sqrt(M) sigma_y); with the true level both spread and fit move to the
     posterior's."""
+    from recon.samplers.common import data_weight
+
+    assert data_weight(0.37, torch.zeros(3)) is None  # noiseless data: the full step, the old algorithm exactly
     sig = karras_sigmas(100, 0.004, 10.0) if name == "dps" else geometric_sigmas(100, 0.002, 20.0)
     zero, true = (prob.run(name, sig, B=500, noise_std=n) for n in (0.0, prob.sigma_y))
     _report(f"{name} noise_std=0", zero)

@@ -287,10 +287,12 @@ def kaczmarz(A: LinearOp, x: torch.Tensor, y: torch.Tensor, lam: float | torch.T
 def data_weight(level: float, sy2: torch.Tensor) -> torch.Tensor | None:
     """w = level^2 / (level^2 + sy2) (B,): how far a data-consistency step moves an iterate with noise ``level`` (per
     real channel) towards measurements with noise variance ``sy2`` (per real channel) -- the weight of y in the
-    Gaussian combination of the two estimates of the measured k-space. None when w = 1 for every element
-    (noiseless data: the full step)."""
-    w = level * level / (level * level + sy2)
-    return None if bool((w == 1).all()) else w
+    Gaussian combination of the two estimates of the measured k-space. None for noiseless data (sy2 = 0 for every
+    element: w = 1, the full step)."""
+    if not bool((sy2 > 0).any()):
+        return None
+    l2 = torch.full_like(sy2, level * level)
+    return l2 / (l2 + sy2)
 
 
 def prox_solve(A: LinearOp, y: torch.Tensor, v: torch.Tensor, lam: torch.Tensor, iters: int = 5,
