@@ -26,26 +26,23 @@ factor sqrt(H W / (h w)), so that a view image equals V applied to the normalise
 The manifest's ``view`` entry records kind, full and view shapes.
 
 Resume: ``manifest.partial.json`` records the finished shards after each one; a re-run with the same
-configuration continues after the last finished shard.
+configuration continues after the last finished shard (``data_prep.shards``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from mri_diffusion import __version__
-from mri_diffusion.atomic import atomic_write, atomic_write_text
-from mri_diffusion.data import FORMAT_VERSION, MANIFEST, PARTIAL_MANIFEST, SHARD_DIR, TARGET_DIR, shard_name
+from mri_diffusion.atomic import atomic_write_text
+from mri_diffusion.data import FORMAT_VERSION, MANIFEST, PARTIAL_MANIFEST
 from mri_diffusion.measurement import (NOISE_RULE, SCALE_RULE, Measurement, MeasurementModel, choose_mask,
                                        noise_source)
 from mri_diffusion.physics.coils import rss
@@ -53,7 +50,9 @@ from mri_diffusion.physics.fft import ifft2c
 from mri_diffusion.physics.masks import acs_block, default_center_fraction, make_sampler, num_low_frequencies, seed_from
 from mri_diffusion.physics.views import LowResView, centre_slices, parse_view, view_shape_for
 
+from . import shards
 from .fastmri_h5 import DataError, Volume, iter_kspace, list_h5, open_volume
+
 
 @dataclass(frozen=True)
 class PrepConfig:
@@ -107,48 +106,6 @@ def prepare_config_from_args(**kwargs) -> PrepConfig:
              "noise_std": float, "center_fraction": float, "calib_rows": int}
     clean = {k: (casts[k](v) if k in casts else v) for k, v in kwargs.items() if v is not None}
     return PrepConfig(**clean)
-
-
-# ---------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_h5(path: Path, arrays: dict) -> tuple[str, int]:
-    """One shard, atomically; returns its sha256 and size in bytes."""
-    with atomic_write(path, overwrite=True) as tmp:
-        with h5py.File(tmp, "w", track_order=False) as f:
-            for key, value in arrays.items():
-                if key == "ids":
-                    f.create_dataset(key, data=np.asarray(value, dtype=object), dtype=h5py.string_dtype("utf-8"),
-                                     track_times=False)
-                else:
-                    f.create_dataset(key, data=value, track_times=False)
-    return _sha256(path), path.stat().st_size
-
-
-def _write_shard(out_dir: Path, index: int, rows: list[dict], with_targets: bool) -> tuple[dict, dict | None]:
-    """Write shards/<name> (and targets/<name>); targets first so a listed shard always has its target."""
-    name = shard_name(index)
-    ids = [r["id"] for r in rows]
-    target_entry = None
-    if with_targets:
-        sha, size = _write_h5(out_dir / TARGET_DIR / name, {
-            "target": np.stack([r["target"] for r in rows]).astype(np.complex64),
-            "rss": np.stack([r["rss"] for r in rows]).astype(np.float32), "ids": ids})
-        target_entry = {"name": name, "num_slices": len(rows), "sha256": sha, "bytes": size}
-    sha, size = _write_h5(out_dir / SHARD_DIR / name, {
-        "kspace": np.stack([r["kspace"] for r in rows]).astype(np.complex64),
-        "mask": np.stack([r["mask"] for r in rows]).astype(np.float32),
-        "density": np.stack([r["density"] for r in rows]).astype(np.float32),
-        "maps": np.stack([r["maps"] for r in rows]).astype(np.complex64),
-        "noise_std": np.asarray([r["noise_std"] for r in rows], np.float32),
-        "scale": np.asarray([r["scale"] for r in rows], np.float32), "ids": ids})
-    return {"name": name, "num_slices": len(rows), "sha256": sha, "bytes": size, "ids": ids}, target_entry
 
 
 def _open_sources(inputs, cfg: PrepConfig, strict: bool) -> tuple[list[Volume], list[dict]]:
@@ -260,67 +217,6 @@ def _row(vol: Volume, index: int, m: Measurement, full_k: torch.Tensor | None) -
     return row
 
 
-def _config_hash(config: dict, sources: list[dict]) -> str:
-    blob = json.dumps({"config": config, "sources": sources}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _clear(out_dir: Path) -> None:
-    """Remove a previous prepared set in out_dir (only files this module writes)."""
-    for name in (MANIFEST, PARTIAL_MANIFEST):
-        (out_dir / name).unlink(missing_ok=True)
-    pattern = re.compile(r"shard_\d{5}\.h5")
-    for sub in (SHARD_DIR, TARGET_DIR):
-        d = out_dir / sub
-        if d.is_dir():
-            for p in d.iterdir():
-                if pattern.fullmatch(p.name):
-                    p.unlink()
-
-
-def _resume_state(out_dir: Path, config_hash: str, overwrite: bool) -> dict | None:
-    """The partial state to continue from, or None to start afresh (after clearing out_dir)."""
-    if (out_dir / MANIFEST).exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir / MANIFEST} exists (a finished prepared set); pass --overwrite to "
-                                  f"replace it")
-        _clear(out_dir)
-        return None
-    partial = out_dir / PARTIAL_MANIFEST
-    if not partial.exists():
-        _clear(out_dir)
-        return None
-    try:
-        state = json.loads(partial.read_text())
-    except json.JSONDecodeError:
-        state = {}
-    if state.get("config_hash") != config_hash or state.get("format_version") != FORMAT_VERSION:
-        if not overwrite:
-            raise ValueError(f"{out_dir} holds an interrupted preparation with a different configuration or "
-                             f"inputs (config_hash {str(state.get('config_hash'))[:12]}, now {config_hash[:12]}); "
-                             f"pass --overwrite to start again")
-        _clear(out_dir)
-        return None
-    # keep the prefix of shards whose files are present (written atomically: present = complete; the size
-    # check catches replaced files without re-hashing a large set)
-    good = 0
-    for i, s in enumerate(state["shards"]):
-        pairs = [(out_dir / SHARD_DIR / s["name"], s)]
-        if state["target_shards"]:
-            pairs.append((out_dir / TARGET_DIR / s["name"], state["target_shards"][i]))
-        ok = all(p.exists() and p.stat().st_size == e["bytes"] for p, e in pairs)
-        if not ok:
-            break
-        good = i + 1
-    if good < len(state["shards"]):
-        warnings.warn(f"{out_dir}: shard {good} of the interrupted run is missing or changed; redoing from there")
-        cursor = state["cursors"][good - 1] if good else None
-        state.update(shards=state["shards"][:good], target_shards=state["target_shards"][:good],
-                     cursors=state["cursors"][:good],
-                     skipped=[s for s in state["skipped"] if cursor is not None and tuple(s["pos"]) <= tuple(cursor)])
-    return state
-
-
 def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), overwrite: bool = False,
             progress: bool = True, *, device: str | torch.device | None = None, strict: bool = True) -> dict:
     """Prepare ``inputs`` (files or folders of fastMRI ``.h5``) into ``out_dir``; returns the manifest.
@@ -336,9 +232,9 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
     device = torch.device(device or "cpu")
     vols, sources = _open_sources(inputs, cfg, strict)
     config = asdict(cfg)
-    config_hash = _config_hash(config, sources)
+    config_hash = shards.config_hash(config, sources)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = _resume_state(out_dir, config_hash, overwrite)
+    state = shards.resume_state(out_dir, config_hash, overwrite)
     fresh = state is None
     if fresh:
         state = {"format_version": FORMAT_VERSION, "config_hash": config_hash,
@@ -363,7 +259,7 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
     pending_skips: list[dict] = []
 
     def flush(pos):
-        entry, tentry = _write_shard(out_dir, len(state["shards"]), rows, with_targets)
+        entry, tentry = shards.write_shard(out_dir, len(state["shards"]), rows, with_targets)
         state["shards"].append(entry)
         if tentry is not None:
             state["target_shards"].append(tentry)

@@ -6,34 +6,16 @@ Errors in the input become a one-line message naming the file/key/shape and exit
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
 from .cli_util import (ACCELERATION, FRACTION, POSITIVE_INT, Number, check_acceleration, device as _device,
-                       key_values as _key_values, matrix as _matrix, message_only_warnings, refuse_unused, split_pairs)
+                       friendly_errors, key_values as _key_values, matrix as _matrix, message_only_warnings,
+                       refuse_unused, setup_torch, split_pairs)
 
 COLIN27 = "/usr/share/mricron/templates/ch2better.nii.gz"
-
-
-def _friendly_errors(fn):
-    """Turn data/user errors into click errors (exit 1) with the message; Ctrl-C -> 'Aborted!' (exit 1)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from data_prep.fastmri_h5 import DataError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, FileExistsError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-            if isinstance(e, RuntimeError) and type(e).__name__ != "TrainingError":
-                raise
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(msg) from None
-
-    return wrapper
 
 
 def _virtual_coils(text: str, method: str) -> int:
@@ -44,12 +26,6 @@ def _virtual_coils(text: str, method: str) -> int:
     if n < 0:
         raise click.BadParameter(f"{text!r}: expected 'auto' or a number of coils >= 0", param_hint="--virtual-coils")
     return n
-
-
-def _setup_torch():
-    import torch
-
-    torch.set_flush_denormal(True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,7 +64,7 @@ def main(ctx):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace existing files.")
 @click.pass_context
-@_friendly_errors
+@friendly_errors
 def simulate(ctx, source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap, lowres, image_crop, split_train,
              split_val, split_test, fov_mm, seed, overwrite):
     """Simulate fastMRI-format multi-coil k-space from real images: a magnitude volume (NIfTI) or complex
@@ -188,7 +164,7 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
               "that fails during reconstruction makes it exit 1 after the others.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-@_friendly_errors
+@friendly_errors
 def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet):
@@ -198,7 +174,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
     refuse_unused(ctx, method, {**{k: ("diffusion",) for k in DIFFUSION_ONLY}, "sense_iters": ("sense",),
                                 "sense_lambda": ("sense",), "l1_lambda": ("l1-wavelet",), "l1_iters": ("l1-wavelet",)})
     check_acceleration(acceleration, mask_kind, center_fraction)
-    _setup_torch()
+    setup_torch()
     n_virtual = _virtual_coils(virtual_coils, method)
     spec = MaskSpec(mask_kind, acceleration, center_fraction, seed)
     dev = _device(device)
@@ -252,7 +228,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
               "some targets (or a prediction has no target); the missing ones are listed in the report and JSON. "
               "Without it, missing pairs are an error naming them.")
 @click.option("--overwrite", is_flag=True)
-@_friendly_errors
+@friendly_errors
 def evaluate(preds, target, out_dir, protocol, target_key, allow_nan, allow_missing, overwrite):
     """NMSE / PSNR / SSIM (fastMRI protocol) -> metrics.csv, metrics.json, report.html; the summary table is
     printed too."""
@@ -287,7 +263,7 @@ def evaluate(preds, target, out_dir, protocol, target_key, allow_nan, allow_miss
 @click.option("--samples", type=POSITIVE_INT, default=2, show_default=True, help="Posterior samples per slice.")
 @click.option("--no-train", is_flag=True, help="Skip training (baselines and the built-in prior only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@_friendly_errors
+@friendly_errors
 def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no_train, device):
     """Simulate -> prep -> train a GSURE prior (no clean images) -> reconstruct 4x/8x -> evaluate -> report."""
     from recon.demo import run_demo
@@ -298,7 +274,7 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
         raise click.BadParameter(f"{e.message} (expected e.g. 4,8)", param_hint="--accelerations") from None
     for R in Rs:
         check_acceleration(R, "random", None, hint="--accelerations")
-    _setup_torch()
+    setup_torch()
     res = run_demo(source, out_dir, Rs, max_slices=max_slices, fresh=fresh, device=_device(device), minutes=minutes,
                    samples=samples, train=not no_train, log=lambda msg: click.secho(f"==> {msg}", fg="cyan", err=True))
     click.echo("\n" + res["summary"])
@@ -323,14 +299,14 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
               "low-resolution scans (default: the files' own matrix).")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
-@_friendly_errors
+@friendly_errors
 def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_std, shard_size, max_slices,
          no_targets, view, full_matrix, overwrite, quiet):
     """Prepare a training set from fastMRI .h5 files: masks, scale, coil maps, noise level, shards."""
     from data_prep.prepare import PrepConfig, prepare
 
     check_acceleration(acceleration, mask_kind, center_fraction)
-    _setup_torch()
+    setup_torch()
     cfg = PrepConfig(mask_type=mask_kind, acceleration=acceleration, center_fraction=center_fraction, seed=seed,
                      noise_std=noise_std, shard_size=shard_size, max_slices_per_file=max_slices,
                      keep_targets=not no_targets, view=view, full_matrix=_matrix(full_matrix))
@@ -353,7 +329,7 @@ def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-@_friendly_errors
+@friendly_errors
 def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, device, quiet):
     """Train a denoiser D(x, sigma) (dsm, gsure or ambient; with views: view models, then the residual). Multi-GPU: torchrun --nproc_per_node=N $(which mridiff) train ..."""
     from mri_diffusion.config import TrainConfig
@@ -374,7 +350,7 @@ def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, d
         raise click.UsageError("--data and --out are required (unless --dry-run)")
     from mri_diffusion.train.stages import train_prior
 
-    _setup_torch()
+    setup_torch()
     res = train_prior(cfg, data_dir, out_dir, resume=resume, device=_device(device), progress=not quiet,
                       minutes=minutes)
     if res.get("stopped_in"):
@@ -393,7 +369,7 @@ def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, d
 @click.option("--raw-weights", is_flag=True, help="Use the raw weights instead of the EMA.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@_friendly_errors
+@friendly_errors
 def sample(checkpoint, n, size, steps, seed, out_png, raw_weights, overwrite, device):
     """Draw unconditional samples from a prior (EDM Heun) and save a PNG grid of their magnitudes."""
     import numpy as np
@@ -405,7 +381,7 @@ def sample(checkpoint, n, size, steps, seed, out_png, raw_weights, overwrite, de
     from recon.samplers import edm_heun, karras_sigmas
 
     H, W = _matrix(size, hint="--size", sep=",")
-    _setup_torch()
+    setup_torch()
     check_writable(out_png, overwrite)
     dev = _device(device)
     net, cfg, _ = load_denoiser(checkpoint, use_ema=not raw_weights, device=dev)
@@ -423,7 +399,7 @@ def sample(checkpoint, n, size, steps, seed, out_png, raw_weights, overwrite, de
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--overwrite", is_flag=True)
-@_friendly_errors
+@friendly_errors
 def export_prior_cmd(checkpoint, out_path, overwrite):
     """Write a small inference-only prior (EMA weights + config + data provenance) from a training checkpoint."""
     from mri_diffusion.train import export_prior

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data_prep.prepare as prep_mod
+import data_prep.shards as shards_mod
 from data_prep.fastmri_h5 import DataError
 from data_prep.prepare import PrepConfig, prepare, prepare_config_from_args
 from mri_diffusion.data import PreparedDataset, collate
@@ -193,7 +194,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     ref = prepare(files, tmp_path / "ref", cfg, progress=False)
     assert len(ref["shards"]) == 3
 
-    real_write, real_slice = prep_mod._write_shard, prep_mod._prepare_slice
+    real_write, real_slice = shards_mod.write_shard, prep_mod._prepare_slice
     calls = {"write": 0, "slice": 0}
 
     def failing_write(*a, **k):
@@ -202,7 +203,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real_write(*a, **k)
 
-    monkeypatch.setattr(prep_mod, "_write_shard", failing_write)
+    monkeypatch.setattr(shards_mod, "write_shard", failing_write)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(files, out, cfg, progress=False)
@@ -219,7 +220,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
         calls["slice"] += 1
         return real_slice(*a, **k)
 
-    monkeypatch.setattr(prep_mod, "_write_shard", real_write)
+    monkeypatch.setattr(shards_mod, "write_shard", real_write)
     monkeypatch.setattr(prep_mod, "_prepare_slice", counting_slice)
     final = prepare(files, out, cfg, progress=False)
     assert calls["slice"] == 4  # the two slices of the finished shard were not redone
