@@ -40,15 +40,17 @@ from mri_diffusion.atomic import atomic_write_text  # noqa: E402
 from recon.evaluate import evaluate_dirs  # noqa: E402
 from recon.experiment import (L1_GRID, baseline_methods, git_commit, machine_line, prior_method,  # noqa: E402
                                run_methods)
+from mri_diffusion.priors import SHIPPED  # noqa: E402
 from recon.uncertainty import ideal  # noqa: E402
 
 from paired import parse_pairs  # noqa: E402
 from paired import table as paired_table  # noqa: E402
 
-# The default priors and the command that makes each (all on the built-in data, runs/colin27).
+# The default priors and the command that makes each (all on the Colin27 data, runs/colin27); the shipped
+# ``builtin`` (real-anatomy) prior is added with --prior builtin=builtin.
 DEFAULT_PRIORS = {
     "dsm": ("runs/train_dsm/checkpoint.pt", "mridiff train --config configs/train/dsm_cpu.yaml"),
-    "gsure_r4": ("builtin", "shipped (configs/train/gsure_r4_cpu.yaml)"),
+    "gsure_r4": ("runs/train_gsure_r4/checkpoint.pt", "mridiff train --config configs/train/gsure_r4_cpu.yaml"),
     "ambient_r4": ("runs/train_ambient_r4/checkpoint.pt", "mridiff train --config configs/train/ambient_r4_cpu.yaml"),
     "views+residual": ("runs/views/views_lowres/checkpoint.pt",
                        "mridiff train --config configs/train/views_lowres.yaml"),
@@ -61,9 +63,9 @@ def parse_priors(items: list[str]) -> list[tuple[str, str]]:
     if not items:
         out = []
         for name, (path, how) in DEFAULT_PRIORS.items():
-            if path != "builtin" and not (ROOT / path).exists():
+            if not (ROOT / path).exists():
                 raise SystemExit(f"error: prior {name}: {path} not found; make it with `{how}` or pass --prior NAME=CKPT")
-            out.append((name, path if path == "builtin" else str(ROOT / path)))
+            out.append((name, str(ROOT / path)))
         return out
     out = []
     for item in items:
@@ -214,7 +216,7 @@ def main(argv=None):
         f"{f' (first {a.max_slices} slice(s) each)' if a.max_slices else ''}; {MASK_TEXT[a.mask]} masks (seeded per file, the "
         f"same for every method); sampler {a.sampler}, {a.samples} posterior samples per slice run as one batch "
         f"(network calls count calls of that batched network). Priors: "
-        + ", ".join(f"{n} = {p if p == 'builtin' else os.path.relpath(p, ROOT)}" for n, p in priors) + "."
+        + ", ".join(f"{n} = {p if p in SHIPPED else os.path.relpath(p, ROOT)}" for n, p in priors) + "."
         + (f" Real column group: {a.real} (real coil data; none of the priors was trained on it)." if a.real else ""),
         "",
         *lines,

@@ -63,9 +63,11 @@ def run_demo(source: Path, out_dir: Path, accelerations: list[float], max_slices
             run_train(cfg, prep, run_dir, resume=ckpt.exists(), device=device, minutes=minutes)
             (run_dir / ".done").touch()
         methods.append(prior_method("diffusion-gsure-demo", ckpt, device, samples=samples))
-    builtin = ROOT / "mri_diffusion" / "priors" / "builtin.pt"
-    if builtin.exists():
-        methods.append(prior_method("diffusion-gsure-builtin", builtin, device, samples=samples))
+    from mri_diffusion.priors import ABOUT, SHIPPED
+
+    if SHIPPED["builtin"].exists():
+        log(f"built-in prior: {ABOUT['builtin']} (another contrast and anatomy than this demo's Colin27 T1 head)")
+        methods.append(prior_method("diffusion-builtin", "builtin", device, samples=samples))
     run_methods(data / "multicoil_test", out_dir / "recon", methods, accelerations, device, max_slices=max_slices,
                 log=log)
     log("evaluate (fastMRI protocol)")

@@ -233,8 +233,9 @@ def test_export_prior_and_builtin(prepared, tmp_path, monkeypatch):
         assert torch.equal(a(x, s), b(x, s))
     with pytest.raises(FileExistsError):
         export_prior(src, dst)
-    monkeypatch.setattr(priors, "BUILTIN", tmp_path / "none.pt")
-    with pytest.raises(CheckpointError, match="no built-in prior"):
+    monkeypatch.setitem(priors.SHIPPED, "builtin", tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="no shipped prior 'builtin'"):
         load_denoiser("builtin")
-    monkeypatch.setattr(priors, "BUILTIN", dst)
+    monkeypatch.setitem(priors.SHIPPED, "builtin", dst)
     assert load_denoiser("builtin")[1].name == cfg.name
+    assert load_denoiser("builtin-colin27")[1].loss == "gsure"  # the mismatched-prior fixture ships too

@@ -106,13 +106,14 @@ def _composed_skeleton(path: Path, cfg, ckpt: dict):
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:
-    """A path, or ``builtin`` for the prior shipped with the package."""
-    if str(spec) == "builtin":
-        from ..priors import BUILTIN
+    """A path, or the name of a prior shipped with the package (``builtin``, ``builtin-colin27``)."""
+    from ..priors import SHIPPED
 
-        if not BUILTIN.exists():
-            raise CheckpointError(f"no built-in prior in this installation ({BUILTIN} is missing)")
-        return BUILTIN
+    if str(spec) in SHIPPED:
+        path = SHIPPED[str(spec)]
+        if not path.exists():
+            raise CheckpointError(f"no shipped prior {spec!r} in this installation ({path} is missing)")
+        return path
     return Path(spec)
 
 
