@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..types import bcast  # noqa: F401  (re-exported: the losses broadcast per-sample levels with it)
+
 
 def crandn(shape, generator: torch.Generator | None, device, std: torch.Tensor | float = 1.0) -> torch.Tensor:
     """Complex Gaussian with i.i.d. N(0, std^2) real and imaginary parts; std broadcast over dim 0."""
@@ -50,5 +52,3 @@ def per_channel_noise(noise_std: torch.Tensor) -> torch.Tensor:
     return noise_std / math.sqrt(2.0)
 
 
-def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.ndim - 1)))
