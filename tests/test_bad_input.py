@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -370,7 +371,9 @@ def test_warnings_are_printed_as_messages_only(tmp_path, mc_file):
     (mc_file.parent / "notes.txt").write_text("x")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = warnings._showwarning_orig  # print as a user would see it, not pytest's capture
+        # print as a user would see it (Python's default path: formatwarning -> stderr), not pytest's recorder
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(m, c, f, n, line))
         r = recon(mc_file.parent, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert "warning: skipping" in r.output and "notes.txt: not an .h5 file" in r.output
