@@ -44,19 +44,12 @@ def test_ideal_reference_matches_a_calibrated_sampler_through_calibration():
     calibration equals ideal(4) (not 95 %), and a sampler whose std is 1.5x too small falls clearly below it."""
     from recon.uncertainty import ideal
 
-    rng = np.random.default_rng(2)
-    K, shape = 4, (4, 64, 64)
-    mu = rng.uniform(50, 100, shape) * np.exp(1j * rng.uniform(0, 6, shape))
-    sig = rng.uniform(0.5, 2.0, shape)
-    cn = lambda *s: (rng.standard_normal(s) + 1j * rng.standard_normal(s)) / np.sqrt(2)  # noqa: E731
-    draws = mu + sig * cn(K, *shape)
-    truth = np.abs(mu + sig * cn(*shape))
-    mean = draws.mean(0)
-    std = np.sqrt((np.abs(draws - mean) ** 2).mean(0))
-    ref, got = ideal(K), calibration(truth, np.abs(mean), std)
+    K = 4
+    truth, mean, std = _posterior_draws(np.random.default_rng(2), K, (4, 64, 64))
+    ref, got = ideal(K), calibration(truth, mean, std)
     assert abs(ref["within_2std"] - 0.929) < 0.005 and abs(ref["ratio"] - 0.76) < 0.01
     assert abs(got["within_2std"] - ref["within_2std"]) < 0.01 and abs(got["ratio"] - ref["ratio"]) < 0.03
-    under = calibration(truth, np.abs(mean), std / 1.5)
+    under = calibration(truth, mean, std / 1.5)
     assert under["within_2std"] < ref["within_2std"] - 0.1
 
 
