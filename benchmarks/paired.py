@@ -2,7 +2,7 @@
 
 Reads the reconstructions that ``benchmarks/table.py`` (``recon.experiment.run_methods``) writes,
 ``RECON/<method>_R<R>/<file>.h5`` (``reconstruction``, magnitude at the fastMRI crop), and the targets
-(``reconstruction_rss``/``_esc``) of TARGETS/<file>.h5. Per slice: PSNR and SSIM at the fastMRI crop with the
+(the target (``data_prep.fastmri_h5.read_target``: the project's one key order)) of TARGETS/<file>.h5. Per slice: PSNR and SSIM at the fastMRI crop with the
 fastMRI data range (the volume maximum of the target), NMSE per slice. For a pair (A, B) at one acceleration:
 mean of A - B over all test slices, its 95 % CI (Student t over slices), how many slices A wins, and the
 same over volumes (mean of each volume's slice differences; t over volumes). Slices of one volume are
@@ -26,10 +26,8 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from data_prep.fastmri_h5 import read_target  # noqa: E402
 from recon.metrics import fastmri_crop, slice_metrics  # noqa: E402
-
-TARGET_KEYS = ("reconstruction_rss", "reconstruction_esc")
-
 
 def per_slice(recon_dir: Path, targets: Path) -> dict[tuple[str, int], dict[str, float]]:
     """(file stem, slice) -> {'psnr', 'ssim', 'nmse'} for every reconstruction file in ``recon_dir``."""
@@ -37,11 +35,7 @@ def per_slice(recon_dir: Path, targets: Path) -> dict[tuple[str, int], dict[str,
     for f in sorted(recon_dir.glob("*.h5")):
         with h5py.File(f, "r") as h:
             pred = h["reconstruction"][()]
-        with h5py.File(targets / f.name, "r") as h:
-            key = next((k for k in TARGET_KEYS if k in h), None)
-            if key is None:
-                raise SystemExit(f"error: {targets / f.name} has none of {TARGET_KEYS}")
-            gt = h[key][()][: pred.shape[0]]
+        gt = read_target(targets / f.name)[0][: pred.shape[0]]
         g, p, _ = fastmri_crop(gt, pred)
         m = slice_metrics(g, p, "fastmri")
         for i in range(g.shape[0]):
