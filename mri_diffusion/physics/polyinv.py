@@ -30,6 +30,8 @@ from typing import Callable
 
 import torch
 
+from ..types import bcast
+
 
 def sense_bound(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Upper bound on ||A^H A|| per sample for A = M F S: max_pixel sum_c |S_c|^2 * max(M). (B,) float64.
@@ -69,19 +71,17 @@ class ChebyshevInverse:
         bm = bm.expand(b.shape[0]) if bm.numel() == 1 else bm
         theta, delta = self._interval(bm)
         sigma1 = theta / delta
-        dt = b.real.dtype if torch.is_complex(b) else b.dtype
-        col = lambda v: v.to(dt).reshape(-1, *([1] * (b.ndim - 1)))  # noqa: E731
         rho = 1.0 / sigma1
-        d = b / col(theta)
+        d = b / bcast(theta, b)
         x = d
         r = b - normal(d)
         for _ in range(self.iters - 1):
             rho_next = 1.0 / (2 * sigma1 - rho)
-            d = col(rho_next * rho) * d + col(2 * rho_next / delta) * r
+            d = bcast(rho_next * rho, b) * d + bcast(2 * rho_next / delta, b) * r
             rho = rho_next
             x = x + d
             r = r - normal(d)
-        return x + r / col(bm)  # Richardson step: the residual factor (1 - lam / b_max) makes f(b_max) = 1
+        return x + r / bcast(bm, b)  # Richardson step: the residual factor (1 - lam / b_max) makes f(b_max) = 1
 
     def filter(self, lam: torch.Tensor, b_max: float = 1.0) -> torch.Tensor:
         """f_K(lam) = lam p_{K-1}(lam): the eigenvalues of P_K = B A at eigenvalues ``lam`` of A^H A (float64)."""
