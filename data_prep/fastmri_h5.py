@@ -5,6 +5,10 @@ multi-coil complex64; ``reconstruction_rss`` / ``reconstruction_esc`` (S, h, w) 
 ``mask`` (W,) on test files; ``ismrmrd_header`` XML bytes; attrs ``max``, ``norm``, ``acquisition``,
 ``patient_id`` (+ ``acceleration``, ``num_low_frequency`` on test files).
 
+Extension (not in fastMRI, whose files carry no noise scan): an optional dataset ``noise`` (C, N) complex, N
+noise-only samples per coil (an ISMRMRD noise acquisition), from which :func:`noise_covariance` estimates the
+coil noise covariance that ``prep`` prewhitens with (``data_prep.mock_fastmri`` writes it on request).
+
 Every problem raises ``DataError`` naming the file, key and shape. Submissions are written atomically
 with key ``reconstruction`` (float32, same file name as the input).
 """
@@ -28,6 +32,8 @@ from .ismrmrd import HeaderInfo, parse_header
 #: Reference datasets in order of preference, the fastMRI convention: single-coil files hold both and are scored
 #: on the ESC image, multi-coil files hold only the RSS image. ``evaluate`` and :func:`read_target` use this order.
 TARGET_KEYS = ("reconstruction_esc", "reconstruction_rss")
+#: The optional noise scan (C, N) complex (module doc).
+NOISE_KEY = "noise"
 
 
 def target_key(names, key: str | None = None) -> str | None:
@@ -49,6 +55,7 @@ class Volume:
     attrs: dict = field(default_factory=dict)
     mask: np.ndarray | None = None  # (W,) float32 for test files
     target_key: str | None = None
+    noise_shape: tuple[int, int] | None = None  # (C, N) of the optional noise scan
 
     @property
     def recon_size(self) -> tuple[int, int]:
@@ -116,7 +123,35 @@ def open_volume(path: str | Path, expect: str | None = None) -> Volume:
         if tkey is not None and f[tkey].shape[0] != S:
             raise DataError(f"{path}: '{tkey}' has {f[tkey].shape[0]} slices, k-space has {S}")
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        return Volume(path, S, ks.shape[1] if multicoil else 1, multicoil, (H, W), header, attrs, mask, tkey)
+        C = ks.shape[1] if multicoil else 1
+        noise_shape = None
+        if NOISE_KEY in f:
+            n = f[NOISE_KEY]
+            if not isinstance(n, h5py.Dataset) or n.dtype.kind != "c" or n.ndim != 2 or n.shape[0] != C \
+                    or n.shape[1] < 2 * C:
+                raise DataError(f"{path}: '{NOISE_KEY}' must be a noise scan (coils, samples) complex with "
+                                f"{C} coils and at least {2 * C} samples, got dtype {getattr(n, 'dtype', None)} shape "
+                                f"{getattr(n, 'shape', None)} (kspace {ks.shape})")
+            noise_shape = tuple(int(v) for v in n.shape)
+        return Volume(path, S, C, multicoil, (H, W), header, attrs, mask, tkey, noise_shape)
+
+
+def noise_covariance(vol: Volume) -> np.ndarray:
+    """The coil noise covariance Psi = n n^H / N (C, C) complex128 of the file's noise scan (E[n n^H] per
+    k-space entry: its diagonal is sigma_y^2 per coil); DataError if absent or not positive definite."""
+    if vol.noise_shape is None:
+        raise DataError(f"{vol.path}: no noise scan ('{NOISE_KEY}')")
+    with _open(vol.path) as f:
+        n = np.asarray(f[NOISE_KEY][()], dtype=np.complex128)
+    if not np.all(np.isfinite(n)):
+        raise DataError(f"{vol.path}: '{NOISE_KEY}' {n.shape} contains NaN/Inf")
+    psi = n @ n.conj().T / n.shape[1]
+    try:
+        np.linalg.cholesky(psi)
+    except np.linalg.LinAlgError:
+        raise DataError(f"{vol.path}: '{NOISE_KEY}' {n.shape}: the coil noise covariance is not positive definite "
+                        "(a dead or duplicated coil?)") from None
+    return psi
 
 
 def read_kspace_slice(vol: Volume, index: int) -> np.ndarray:
@@ -137,12 +172,13 @@ def is_empty_slice(k: np.ndarray) -> bool:
     return not np.any(k)
 
 
-def iter_kspace(vol: Volume, max_slices: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Stream (index, kspace (C, H, W)) slice by slice; memory stays at one slice."""
+def iter_kspace(vol: Volume, max_slices: int | None = None, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream (index, kspace (C, H, W)) slice by slice, slices ``start`` .. ``max_slices`` - 1; memory stays at
+    one slice."""
     n = vol.num_slices if max_slices is None else min(vol.num_slices, max_slices)
     with _open(vol.path) as f:
         ds = f["kspace"]
-        for i in range(n):
+        for i in range(start, n):
             k = np.asarray(ds[i]).astype(np.complex64)
             if not vol.multicoil:
                 k = k[None]

@@ -1,6 +1,13 @@
 """fastMRI ``.h5`` files -> a prepared training set: masked, normalised k-space + mask + density + coil maps
 + noise level per slice, in shards, with a manifest (format: ``mri_diffusion.data``).
 
+Geometry (``data_prep.geometry``): a folder of mixed files (readout oversampling, widths, coil counts) becomes one
+set at one training matrix (``matrix``, default from the headers) and one coil count (``virtual_coils``, SVD;
+required when the files' coil counts differ). Files that cannot be brought there are refused, naming file and
+reason, before any work (``skip_refused``: prepare the others and list them in the manifest's ``refused``).
+Files with a noise scan (``noise``, an extension: fastMRI has none) are prewhitened (``prewhiten``). The
+manifest records per file its shape, coils and what was done (``sources[i].geometry``).
+
 Per slice (streamed, one slice in memory), the one measurement model that ``recon`` uses too
 (``mri_diffusion.measurement``): the file's own ``mask`` when it has one (such a file is undersampled data and
 has no clean target), else a retrospective mask from the sampler, seeded by (file name, slice, seed) so that
@@ -25,8 +32,13 @@ factor sqrt(H W / (h w)), so that a view image equals V applied to the normalise
 (the SENSE-combined view image) are kept, the view being fully sampled: view models train with ``dsm``.
 The manifest's ``view`` entry records kind, full and view shapes.
 
+Scale: ``workers`` processes prepare runs of slices in parallel (``data_prep.parallel``, results in file order,
+so the set is the one a single worker writes, bit for bit); memory stays at a few runs of slices whatever the
+number of files; progress over files and slices. The manifest's ``run`` entry holds the rate (slices/s, per
+worker) and ``disk`` the bytes per slice and the ratio to the raw k-space at the training matrix.
+
 Resume: ``manifest.partial.json`` records the finished shards after each one; a re-run with the same
-configuration continues after the last finished shard (``data_prep.shards``).
+configuration continues after the last finished shard (``data_prep.shards``), with any number of workers.
 """
 
 from __future__ import annotations
@@ -43,15 +55,15 @@ import torch
 from mri_diffusion import __version__
 from mri_diffusion.atomic import atomic_write_text
 from mri_diffusion.data import FORMAT_VERSION, MANIFEST, PARTIAL_MANIFEST
-from mri_diffusion.measurement import (NOISE_RULE, SCALE_RULE, Measurement, MeasurementModel, choose_mask,
-                                       noise_source)
-from mri_diffusion.physics.coils import rss
-from mri_diffusion.physics.fft import ifft2c
-from mri_diffusion.physics.masks import acs_block, default_center_fraction, make_sampler, num_low_frequencies, seed_from
-from mri_diffusion.physics.views import LowResView, centre_slices, parse_view, view_shape_for
+from mri_diffusion.measurement import NOISE_RULE, SCALE_RULE, MeasurementModel, noise_source
+from mri_diffusion.physics.masks import default_center_fraction, make_sampler, num_low_frequencies
+from mri_diffusion.physics.views import parse_view, view_shape_for
 
-from . import shards
-from .fastmri_h5 import DataError, Volume, iter_kspace, list_h5, open_volume
+from . import geometry, prep_slice, shards
+from .fastmri_h5 import DataError, Volume, list_h5, open_volume
+from .parallel import ordered_map
+
+SLICES_PER_TASK = 4  # slices of one file per worker task
 
 
 @dataclass(frozen=True)
@@ -69,16 +81,27 @@ class PrepConfig:
     full_matrix: tuple[int, int] | None = None  # views: the full-resolution matrix (default: the files' own)
     calib_rows: int = 24
     use_file_noise_std: bool = True  # a file's 'noise_std' attribute (data_prep.simulate) when noise_std is None
+    matrix: tuple[int, int] | None = None  # training matrix (Ht, Wt); None: from the headers (data_prep.geometry)
+    virtual_coils: int | None = None  # SVD-compress every slice to this many coils; required for mixed coil counts
+    prewhiten: bool = True  # files with a noise scan: whiten the coils with its covariance (noise level 1)
+    compress: bool = True  # gzip the masked k-space in the shards (lossless; mostly zeros off the mask)
 
     def __post_init__(self):
         make_sampler(self.mask_type, self.acceleration, self.center_fraction)  # validates kind / acceleration
         if self.view is not None:
             parse_view(self.view)  # validates
-        if self.full_matrix is not None:
-            fm = tuple(int(v) for v in self.full_matrix)
-            if len(fm) != 2 or min(fm) < 1:
-                raise ValueError(f"full_matrix must be two positive sizes (H, W), got {self.full_matrix}")
-            object.__setattr__(self, "full_matrix", fm)
+        for name in ("full_matrix", "matrix"):
+            value = getattr(self, name)
+            if value is not None:
+                fm = tuple(int(v) for v in value)
+                if len(fm) != 2 or min(fm) < 1:
+                    raise ValueError(f"{name} must be two positive sizes (H, W), got {value}")
+                object.__setattr__(self, name, fm)
+        if self.view is not None and (self.matrix is not None or self.virtual_coils):
+            raise ValueError("matrix / virtual_coils normalise full-image sets; a view set takes files of one "
+                             "geometry (full_matrix names the full-resolution matrix)")
+        if self.virtual_coils is not None and int(self.virtual_coils) < 1:
+            raise ValueError(f"virtual_coils must be >= 1, got {self.virtual_coils}")
         if int(self.shard_size) < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.max_slices_per_file is not None and int(self.max_slices_per_file) < 1:
@@ -93,7 +116,7 @@ class PrepConfig:
 
     def measurement_model(self) -> MeasurementModel:
         return MeasurementModel(calib_rows=self.calib_rows, noise_std=self.noise_std,
-                                use_file_noise_std=self.use_file_noise_std)
+                                use_file_noise_std=self.use_file_noise_std, virtual_coils=self.virtual_coils)
 
 
 def prepare_config_from_args(**kwargs) -> PrepConfig:
@@ -103,25 +126,62 @@ def prepare_config_from_args(**kwargs) -> PrepConfig:
     if unknown:
         raise TypeError(f"unknown prep option(s) {unknown}; known: {sorted(names)}")
     casts = {"acceleration": float, "seed": int, "shard_size": int, "max_slices_per_file": int,
-             "noise_std": float, "center_fraction": float, "calib_rows": int}
+             "noise_std": float, "center_fraction": float, "calib_rows": int, "virtual_coils": int}
     clean = {k: (casts[k](v) if k in casts else v) for k, v in kwargs.items() if v is not None}
     return PrepConfig(**clean)
 
 
-def _open_sources(inputs, cfg: PrepConfig, strict: bool) -> tuple[list[Volume], list[dict]]:
+def _plans(vols: list[Volume], cfg: PrepConfig, skip_refused: bool):
+    """Geometry plans of the files, the training matrix and the refused files ({file, slices, reason})."""
+    if cfg.view is not None:  # view sets: files of one geometry, as they are
+        for v in vols[1:]:
+            a, b = (v.num_coils, *v.shape), (vols[0].num_coils, *vols[0].shape)
+            if a != b:
+                raise DataError(f"{v.path}: k-space shape (coils, H, W) {a} differs from {b} of {vols[0].path}; "
+                                f"all files of a view set must share (coils, H, W)")
+        return vols, [None] * len(vols), None, []
+    counts = sorted({v.num_coils for v in vols})
+    if len(counts) > 1 and not cfg.virtual_coils:
+        raise DataError(f"the files have different coil counts ({', '.join(map(str, counts))}: e.g. "
+                        f"{next(v.path for v in vols if v.num_coils == counts[0])} has {counts[0]}, "
+                        f"{next(v.path for v in vols if v.num_coils == counts[-1])} has {counts[-1]}); one set "
+                        f"needs one coil count: pass virtual_coils (--virtual-coils N, SVD compression; files with "
+                        f"fewer than N coils are refused)")
+    matrix = cfg.matrix or geometry.default_matrix(vols)
+    kept, plans, refused = [], [], []
+    for v in vols:
+        plan = geometry.plan_file(v, matrix, cfg.virtual_coils)
+        if isinstance(plan, str):
+            refused.append({"file": v.name, "path": str(v.path), "slices": v.num_slices, "reason": plan})
+        else:
+            kept.append(v)
+            plans.append(plan)
+    if refused and not skip_refused:
+        lines = "\n".join(f"  {r['path']}: {r['reason']}" for r in refused)
+        raise DataError(f"{len(refused)} file(s) ({sum(r['slices'] for r in refused)} slices) cannot be brought to "
+                        f"the training matrix {matrix[0]}x{matrix[1]}"
+                        f"{f' with {cfg.virtual_coils} virtual coils' if cfg.virtual_coils else ''}; pass "
+                        f"--skip-refused to prepare the others without them:\n{lines}")
+    if not kept:
+        raise DataError(f"every file was refused (training matrix {matrix[0]}x{matrix[1]})")
+    return kept, plans, matrix, refused
+
+
+def _open_sources(inputs, cfg: PrepConfig, strict: bool, skip_refused: bool = False):
     files = list_h5(list(inputs) if isinstance(inputs, (list, tuple)) else [inputs], strict=strict)
     if not files:
         raise DataError(f"no readable .h5 files in {inputs}")
-    vols, sources, seen = [], [], {}
+    vols, seen = [], {}
     for p in files:
         vol = open_volume(p)
         if vol.name in seen:
             raise DataError(f"{p}: same file name as {seen[vol.name]}; slice ids 'file.h5:slice' must be unique")
         seen[vol.name] = p
-        shape = (vol.num_coils, *vol.shape)
-        if vols and shape != sources[0]["shape"]:
-            raise DataError(f"{p}: k-space shape (coils, H, W) {shape} differs from {sources[0]['shape']} of "
-                            f"{vols[0].path}; all slices of a prepared set must share (coils, H, W)")
+        vols.append(vol)
+    vols, plans, matrix, refused = _plans(vols, cfg, skip_refused)
+    sources = []
+    for vol, plan in zip(vols, plans):
+        p = vol.path
         own_mask = cfg.use_file_mask and vol.mask is not None
         if vol.mask is not None and cfg.mask_type == "poisson":
             raise DataError(f"{p}: has its own 1-D mask, but mask_type 'poisson' (2-D) cannot describe its "
@@ -130,16 +190,22 @@ def _open_sources(inputs, cfg: PrepConfig, strict: bool) -> tuple[list[Volume], 
                 abs(float(vol.attrs["acceleration"]) - cfg.acceleration) > 1e-6:
             warnings.warn(f"{p}: file acceleration {vol.attrs['acceleration']} != configured {cfg.acceleration}; "
                           f"its density uses the configured sampler")
-        noise = noise_source(cfg.noise_std, cfg.use_file_noise_std, vol.attrs)
+        whiten = cfg.prewhiten and vol.noise_shape is not None
+        noise = "noise scan (prewhitened)" if whiten else noise_source(cfg.noise_std, cfg.use_file_noise_std,
+                                                                        vol.attrs)
         used = vol.num_slices if cfg.max_slices_per_file is None else min(vol.num_slices, cfg.max_slices_per_file)
-        vols.append(vol)
-        sources.append({"file": vol.name, "num_slices": vol.num_slices, "used_slices": used,
-                        "multicoil": vol.multicoil, "num_coils": vol.num_coils, "shape": shape,
-                        "mask_source": "file" if own_mask else "retrospective" if vol.mask is None else
-                        "retrospective x file", "noise_source": noise})
-    for s in sources:
-        s["shape"] = list(s["shape"])
-    return vols, sources
+        src = {"file": vol.name, "num_slices": vol.num_slices, "used_slices": used,
+               "multicoil": vol.multicoil, "num_coils": vol.num_coils, "shape": [vol.num_coils, *vol.shape],
+               "mask_source": "file" if own_mask else "retrospective" if vol.mask is None else
+               "retrospective x file", "noise_source": noise}
+        if plan is not None:
+            n = cfg.virtual_coils
+            src["geometry"] = {**plan.describe(), "encoded_size": list(vol.header.encoding_size[:2]) if vol.header
+                               else None, "recon_size": list(vol.header.recon_size[:2]) if vol.header else None,
+                               "coils": f"{vol.num_coils} -> {n} virtual (SVD)" if n and vol.num_coils > n
+                               else f"{vol.num_coils} kept"}
+        sources.append(src)
+    return vols, plans, sources, matrix, refused
 
 
 def view_geometry(cfg: PrepConfig, file_shape: tuple[int, int], path) -> dict | None:
@@ -163,103 +229,67 @@ def view_geometry(cfg: PrepConfig, file_shape: tuple[int, int], path) -> dict | 
             "fraction": [vshape[0] / full[0], vshape[1] / full[1]], "scale_acs_width": acs_w}
 
 
-def _slice_mask(vol: Volume, index: int, cfg: PrepConfig, sampler) -> torch.Tensor:
-    """The training mask of one slice: the file's own, else the sampler's seeded by (file, slice, seed)."""
-    return choose_mask(vol.shape, sampler, seed_from(vol.name, index, cfg.seed), vol.mask, cfg.use_file_mask,
-                       name=f"{vol.path}: 'mask'")[0]
-
-
-def _prepare_view_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, geo: dict,
-                        with_target: bool, device) -> dict:
-    """One slice of a view set: the fully sampled view k-space (C, h, w), normalised like the full scan."""
-    full, vshape = tuple(geo["full_shape"]), tuple(geo["view_shape"])
-    H, W = vol.shape
-    k = torch.from_numpy(k_np).to(device)
-    view = LowResView(full, vshape)
-    if geo["kind"] == "acs":
-        mask = _slice_mask(vol, index, cfg, sampler)
-        want = centre_slices(W, vshape[1])
-        if not bool(torch.all(mask.reshape(-1)[want] > 0)):
-            lo, hi = acs_block(mask.reshape(-1))
-            raise DataError(f"{vol.path}: slice {index}: the mask's fully sampled centre is columns [{lo}, {hi}), "
-                            f"it does not contain the {vshape[1]} centre columns [{want.start}, {want.stop}) of "
-                            f"view 'acs' (center_fraction of the configured sampler)")
-    if (H, W) == full:
-        k = view.crop_kspace(k)
-    m = cfg.measurement_model().condition(
-        k, None, attrs=vol.attrs, where=f"{vol.path}: slice {index}", mask_name=f"view {cfg.view!r}",
-        density=np.ones((1, 1, vshape[1]), np.float32), scale_width=min(geo["scale_acs_width"], vshape[1]),
-        amplitude=view.amplitude_scale)
-    return _row(vol, index, m, m.kspace if with_target else None)
-
-
-def _prepare_slice(vol: Volume, index: int, k_np: np.ndarray, cfg: PrepConfig, sampler, density: np.ndarray,
-                   with_target: bool, device) -> dict:
-    k_full = torch.from_numpy(k_np).to(device)
-    mask = _slice_mask(vol, index, cfg, sampler).to(device)
-    m = cfg.measurement_model().condition(
-        k_full, mask, attrs=vol.attrs, where=f"{vol.path}: slice {index}", density=density,
-        mask_name=f"the {cfg.mask_type} R={cfg.acceleration:g} mask" if vol.mask is None else "the file's mask")
-    return _row(vol, index, m, k_full / m.scale if with_target else None)
-
-
-def _row(vol: Volume, index: int, m: Measurement, full_k: torch.Tensor | None) -> dict:
-    """The shard row of a conditioned slice and (``full_k``: fully sampled normalised k-space) its targets."""
-    row = {"id": f"{vol.name}:{index}", "kspace": m.kspace.cpu().numpy(), "mask": m.mask.cpu().numpy(),
-           "density": m.density, "maps": m.maps.cpu().numpy(), "noise_std": m.noise_std, "scale": m.scale}
-    if full_k is not None:
-        coil = ifft2c(full_k)
-        row["target"] = torch.sum(m.maps.conj() * coil, dim=0).cpu().numpy()
-        row["rss"] = rss(coil).float().cpu().numpy()
-        for key in ("target", "rss"):
-            if not np.all(np.isfinite(row[key])):
-                raise DataError(f"{vol.path}: slice {index}: '{key}' contains NaN/Inf after preparation")
-    return row
+def _tasks(sources: list[dict], cursor: tuple[int, int]):
+    """(file, start, stop) runs of at most SLICES_PER_TASK slices after the resume cursor, in file order."""
+    for fi, src in enumerate(sources):
+        if fi < cursor[0]:
+            continue
+        first = cursor[1] + 1 if fi == cursor[0] else 0
+        for a in range(first, src["used_slices"], SLICES_PER_TASK):
+            yield fi, a, min(a + SLICES_PER_TASK, src["used_slices"])
 
 
 def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), overwrite: bool = False,
-            progress: bool = True, *, device: str | torch.device | None = None, strict: bool = True) -> dict:
+            progress: bool = True, *, device: str | torch.device | None = None, strict: bool = True,
+            workers: int = 1, skip_refused: bool = False) -> dict:
     """Prepare ``inputs`` (files or folders of fastMRI ``.h5``) into ``out_dir``; returns the manifest.
 
-    Raises ``DataError`` for bad inputs (mixed shapes, NaN/Inf slices, too few ACS lines),
-    ``FileExistsError`` if ``out_dir`` holds a finished set (unless ``overwrite``), ``ValueError`` if it
-    holds an interrupted run with another configuration (unless ``overwrite``). ``strict``: folder mode
-    refuses unreadable files instead of skipping them with a warning.
+    ``workers``: processes preparing slices in parallel (the result does not depend on it); ``skip_refused``:
+    prepare the files that can be brought to the training matrix and list the others in ``refused`` instead of
+    refusing the run. Raises ``DataError`` for bad inputs (refused files, mixed coil counts without
+    ``virtual_coils``, NaN/Inf slices, too few ACS lines), ``FileExistsError`` if ``out_dir`` holds a finished set
+    (unless ``overwrite``), ``ValueError`` if it holds an interrupted run with another configuration (unless
+    ``overwrite``). ``strict``: folder mode refuses unreadable files instead of skipping them with a warning.
     """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     device = torch.device(device or "cpu")
-    vols, sources = _open_sources(inputs, cfg, strict)
+    vols, plans, sources, matrix, refused = _open_sources(inputs, cfg, strict, skip_refused)
     config = asdict(cfg)
     config_hash = shards.config_hash(config, sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = shards.resume_state(out_dir, config_hash, overwrite)
-    fresh = state is None
-    if fresh:
+    if state is None:
         state = {"format_version": FORMAT_VERSION, "config_hash": config_hash,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shards": [], "target_shards": [],
                  "cursors": [], "skipped": []}
-    C, H, W = sources[0]["shape"]
-    geo = view_geometry(cfg, (H, W), vols[0].path)
+    geo = view_geometry(cfg, vols[0].shape, vols[0].path)
     with_targets = cfg.keep_targets and (geo is not None or all(v.mask is None for v in vols))
     if cfg.keep_targets and not with_targets and any(v.mask is None for v in vols):
         warnings.warn("no targets kept: some inputs have their own mask (undersampled data without a clean "
                       "target); a prepared set has targets for all slices or none")
-    sampler = cfg.sampler()
-    density = sampler.density((H, W)).numpy().astype(np.float32)
     if geo is not None:
         H, W = geo["view_shape"]
-        density = np.ones((1, 1, W), np.float32)
+        C = vols[0].num_coils
+        densities = [np.ones((1, 1, W), np.float32)] * len(vols)
+    else:
+        (H, W), sampler = matrix, cfg.sampler()
+        C = cfg.virtual_coils or vols[0].num_coils
+        base = sampler.density((H, W)).numpy().astype(np.float32)
+        densities = [base if plan.support() is None else (base * plan.support()).astype(np.float32)
+                     for plan in plans]
+    job = prep_slice.Job(cfg, vols, plans, densities, geo, with_targets, str(device))
 
     cursor = tuple(state["cursors"][-1]) if state["cursors"] else (-1, -1)
     total = sum(s["used_slices"] for s in sources)
     done = sum(1 for fi, s in enumerate(sources) for i in range(s["used_slices"]) if (fi, i) <= cursor)
+    files_done = sum(1 for fi, s in enumerate(sources) if (fi, s["used_slices"] - 1) <= cursor)
     rows: list[dict] = []
     pending_skips: list[dict] = []
 
     def flush(pos):
-        entry, tentry = shards.write_shard(out_dir, len(state["shards"]), rows, with_targets)
+        entry, tentry = shards.write_shard(out_dir, len(state["shards"]), rows, with_targets, cfg.compress)
         state["shards"].append(entry)
         if tentry is not None:
             state["target_shards"].append(tentry)
@@ -269,32 +299,33 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
         rows.clear()
         atomic_write_text(out_dir / PARTIAL_MANIFEST, json.dumps(state, indent=1), overwrite=True)
 
-    bar = tqdm(total=total, initial=done, desc="prep", unit="slice", disable=not progress)
+    fbar = tqdm(total=len(sources), initial=files_done, desc="prep files", unit="file", disable=not progress,
+                position=0)
+    bar = tqdm(total=total, initial=done, desc="prep slices", unit="slice", disable=not progress, position=1)
+    t0, n_new = time.monotonic(), 0
+    start_method = "spawn" if device.type == "cuda" else None
     try:
-        for fi, (vol, src) in enumerate(zip(vols, sources)):
-            if fi < cursor[0]:
-                continue
-            start = cursor[1] + 1 if fi == cursor[0] else 0
-            if start >= src["used_slices"]:
-                continue
-            for i, k_np in iter_kspace(vol, src["used_slices"]):
-                if i < start:
-                    continue
-                if not np.any(k_np):
-                    warnings.warn(f"{vol.path}: slice {i} is all zero; skipped")
-                    pending_skips.append({"id": f"{vol.name}:{i}", "reason": "all-zero", "pos": [fi, i]})
+        results = ordered_map(prep_slice.run_task, _tasks(sources, cursor), workers, prep_slice.set_job,
+                              (job, 1 if workers > 1 else None), start_method=start_method)
+        for fi, items in results:
+            for kind, i, item in items:
+                if kind == "skip":
+                    warnings.warn(f"{vols[fi].path}: slice {i} is all zero; skipped")
+                    pending_skips.append({**item, "pos": [fi, i]})
                 else:
-                    if geo is None:
-                        rows.append(_prepare_slice(vol, i, k_np, cfg, sampler, density, with_targets, device))
-                    else:
-                        rows.append(_prepare_view_slice(vol, i, k_np, cfg, sampler, geo, with_targets, device))
+                    rows.append(item)
+                    n_new += 1
                 bar.update(1)
+                if i == sources[fi]["used_slices"] - 1:
+                    fbar.update(1)
                 if len(rows) == cfg.shard_size:
                     flush((fi, i))
         if rows:
             flush((len(sources) - 1, sources[-1]["used_slices"] - 1))
     finally:
         bar.close()
+        fbar.close()
+    elapsed = time.monotonic() - t0
 
     num_slices = sum(s["num_slices"] for s in state["shards"])
     skipped = state["skipped"] + pending_skips
@@ -303,13 +334,34 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
     manifest = {
         "format_version": FORMAT_VERSION, "mri_diffusion_version": __version__, "created": state["created"],
         "sources": sources, "config": config, "config_hash": config_hash, "image_shape": [H, W],
-        "num_coils": C, "num_slices": num_slices, "mask_shape": list(density.shape),
+        "num_coils": C, "num_slices": num_slices, "mask_shape": list(densities[0].shape),
         "shards": state["shards"], "has_targets": with_targets,
         "target_shards": state["target_shards"] if with_targets else [],
         "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
+        "refused": [{k: r[k] for k in ("file", "slices", "reason")} for r in refused],
         "noise_rule": NOISE_RULE, "scale_rule": SCALE_RULE, "view": geo,
+        "geometry": None if geo is not None else {"matrix": [H, W], "matrix_source": "config" if cfg.matrix
+                                                  else "headers", "virtual_coils": cfg.virtual_coils,
+                                                  "max_pe_scale": geometry.MAX_PE_SCALE, "rules": geometry.RULES},
         "units": "k-space divided by the per-slice scale; multiply images by 'scale' for the file's units",
+        "disk": _disk(state, with_targets, sources, (H, W), num_slices),
+        "run": {"workers": int(workers), "slices_this_run": n_new, "elapsed_s": round(elapsed, 3),
+                "slices_per_s": round(n_new / elapsed, 4) if elapsed > 0 and n_new else None,
+                "slices_per_s_per_worker": round(n_new / elapsed / workers, 4) if elapsed > 0 and n_new else None},
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1), overwrite=overwrite)
     (out_dir / PARTIAL_MANIFEST).unlink(missing_ok=True)
     return manifest
+
+
+def _disk(state: dict, with_targets: bool, sources: list[dict], matrix: tuple[int, int], num_slices: int) -> dict:
+    """Bytes of the set per slice and against the raw k-space it came from at the training matrix (complex64,
+    the files' own coil counts, the slices used)."""
+    total = sum(s["bytes"] for s in state["shards"]) + (sum(s["bytes"] for s in state["target_shards"])
+                                                         if with_targets else 0)
+    raw = sum(8 * s["num_coils"] * matrix[0] * matrix[1] * s["used_slices"] for s in sources)
+    raw_slices = sum(s["used_slices"] for s in sources)
+    per = total / num_slices
+    raw_per = raw / raw_slices
+    return {"bytes": total, "bytes_per_slice": round(per, 1), "targets_included": with_targets,
+            "raw_bytes_per_slice_at_matrix": round(raw_per, 1), "prepared_over_raw": round(per / raw_per, 4)}

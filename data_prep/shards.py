@@ -29,7 +29,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_h5(path: Path, arrays: dict) -> tuple[str, int]:
+#: Datasets gzip-compressed when a set is written with ``compress`` (lossless, one chunk per slice so that reading
+#: a slice decompresses only that slice): the masked k-space is mostly zeros (unsampled columns).
+COMPRESSED = ("kspace",)
+GZIP_LEVEL = 1
+
+
+def _write_h5(path: Path, arrays: dict, compress: bool = False) -> tuple[str, int]:
     """One shard, atomically; returns its sha256 and size in bytes."""
     with atomic_write(path, overwrite=True) as tmp:
         with h5py.File(tmp, "w", track_order=False) as f:
@@ -37,13 +43,18 @@ def _write_h5(path: Path, arrays: dict) -> tuple[str, int]:
                 if key == "ids":
                     f.create_dataset(key, data=np.asarray(value, dtype=object), dtype=h5py.string_dtype("utf-8"),
                                      track_times=False)
+                elif compress and key in COMPRESSED:
+                    f.create_dataset(key, data=value, track_times=False, chunks=(1, *value.shape[1:]),
+                                     compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
                 else:
                     f.create_dataset(key, data=value, track_times=False)
     return _sha256(path), path.stat().st_size
 
 
-def write_shard(out_dir: Path, index: int, rows: list[dict], with_targets: bool) -> tuple[dict, dict | None]:
-    """Write shards/<name> (and targets/<name>); targets first so a listed shard always has its target."""
+def write_shard(out_dir: Path, index: int, rows: list[dict], with_targets: bool,
+                compress: bool = False) -> tuple[dict, dict | None]:
+    """Write shards/<name> (and targets/<name>); targets first so a listed shard always has its target.
+    ``compress``: gzip the datasets in :data:`COMPRESSED` (h5py decompresses them transparently on reading)."""
     name = shard_name(index)
     ids = [r["id"] for r in rows]
     target_entry = None
@@ -58,7 +69,7 @@ def write_shard(out_dir: Path, index: int, rows: list[dict], with_targets: bool)
         "density": np.stack([r["density"] for r in rows]).astype(np.float32),
         "maps": np.stack([r["maps"] for r in rows]).astype(np.complex64),
         "noise_std": np.asarray([r["noise_std"] for r in rows], np.float32),
-        "scale": np.asarray([r["scale"] for r in rows], np.float32), "ids": ids})
+        "scale": np.asarray([r["scale"] for r in rows], np.float32), "ids": ids}, compress)
     return {"name": name, "num_slices": len(rows), "sha256": sha, "bytes": size, "ids": ids}, target_entry
 
 

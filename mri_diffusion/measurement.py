@@ -3,6 +3,9 @@
 ``prep`` (training sets) and ``recon`` (reconstruction) condition every slice with :meth:`MeasurementModel.condition`,
 so a prior is trained and used on data conditioned the same way. In order:
 
+0. prewhitening (``noise_cov``, a coil noise covariance Psi from a noise scan; optional): k <- L^-1 k with
+   Psi = L L^H (Cholesky, lower triangular, so whitened coil 0 keeps the phase of physical coil 0); the noise is
+   then CN(0, 1) per entry in every coil, and the noise level is 1 in raw (whitened) units (source 'noise scan').
 1. mask (:func:`choose_mask`): the file's own ``mask`` when it has one (undersampled data), else the sampler's
    mask with the caller's seed (prep: per (file, slice, seed), a new mask per training slice; recon: per (file,
    seed), one mask per volume, fastMRI's validation convention); ``use_file_mask=False`` multiplies the
@@ -16,7 +19,8 @@ so a prior is trained and used on data conditioned the same way. In order:
    (``physics.compress``); the maps' phase reference stays the physical coil 0.
 5. coil maps (``physics.calib.estimate_maps``): ESPIRiT on the ACS, calibration region ``calib_rows`` x the ACS
    width, phase of coil 0 (or of ``U[0]`` after compression); S = 1 for single-coil data or ``maps=False``.
-6. noise level sigma_y (CN std per k-space entry, normalised units, ``types.py``): given (raw units) / scale;
+6. noise level sigma_y (CN std per k-space entry, normalised units, ``types.py``): 1 / scale after prewhitening;
+   else given (raw units) / scale;
    else the file's ``noise_std`` attribute / scale (``use_file_noise_std``); else :func:`estimate_noise_std`
    on the measured entries.
 7. density: the sampler's E[mask], computed once per set by the caller and carried along.
@@ -42,7 +46,8 @@ from .types import DataError
 NOISE_EDGE_FRACTION = 0.08  # rows at each readout edge used by the noise estimate
 SCALE_RULE = "99th percentile of the ACS-only RSS image (mri_diffusion.physics.normalize.acs_scale)"
 NOISE_RULE = (
-    "noise_std = sigma_y, CN std per k-space entry (E|n|^2 = sigma_y^2) in normalised units: config noise_std "
+    "noise_std = sigma_y, CN std per k-space entry (E|n|^2 = sigma_y^2) in normalised units: 1 / scale when the "
+    "file's noise scan prewhitened the coils (noise CN(0, 1) per entry, 1/sqrt(2) per real channel); else config noise_std "
     "(raw units) / scale if given; else the file's 'noise_std' attribute / scale (simulated data) if "
     "use_file_noise_std; else a robust MAD estimate on measured entries only: the outermost "
     f"{NOISE_EDGE_FRACTION:.0%} of readout rows (H) at each edge, sampled entries, exact zeros excluded, "
@@ -97,7 +102,9 @@ def noise_source(noise_std: float | None, use_file_noise_std: bool, attrs: dict)
 class Measurement:
     """A conditioned slice: normalised masked k-space (C, H, W) (virtual coils after compression), its mask, coil
     maps (C, H, W), the scale (file units = normalised units x scale), sigma_y in normalised units and its
-    source, the density (as the caller gave it) and, after compression, the kept coil energy share."""
+    source, the density (as the caller gave it), after compression the kept coil energy share, and the coil
+    transform T (n, C) that prewhitening and compression applied (k = T k_raw / scale; None: identity), so that a
+    caller can bring other k-space of the slice (a fully sampled target) into the same coils."""
 
     kspace: torch.Tensor
     mask: torch.Tensor
@@ -107,6 +114,7 @@ class Measurement:
     noise_source: str
     density: Any = None
     coil_energy_kept: float | None = None
+    coil_transform: torch.Tensor | None = None  # (n, C): raw coils -> the coils of ``kspace`` (None: identity)
 
 
 @dataclass(frozen=True)
@@ -125,12 +133,25 @@ class MeasurementModel:
 
     def condition(self, kspace: torch.Tensor, mask: torch.Tensor | None = None, *, attrs: dict | None = None,
                   where: str = "slice", mask_name: str = "the mask", density: Any = None,
-                  scale_width: int | None = None, amplitude: float = 1.0) -> Measurement:
+                  scale_width: int | None = None, amplitude: float = 1.0,
+                  noise_cov: torch.Tensor | None = None) -> Measurement:
         """Condition one slice of raw k-space (C, H, W) sampled by ``mask`` (None: fully sampled, e.g. a view).
 
         ``attrs``: the file's attributes (``noise_std``); ``where``: 'file: slice i', the start of every error
-        message; ``mask_name`` names the mask in errors; ``scale_width`` / ``amplitude``: the view scale rule."""
+        message; ``mask_name`` names the mask in errors; ``scale_width`` / ``amplitude``: the view scale rule;
+        ``noise_cov``: the coil noise covariance (C, C) of a noise scan, to prewhiten with (step 0)."""
         attrs = attrs or {}
+        transform = None
+        if noise_cov is not None:
+            psi = torch.as_tensor(noise_cov, dtype=torch.complex128)
+            if psi.shape != (kspace.shape[0],) * 2:
+                raise DataError(f"{where}: noise covariance {tuple(psi.shape)} does not match {kspace.shape[0]} coils")
+            L, info = torch.linalg.cholesky_ex(psi)
+            if int(info):
+                raise DataError(f"{where}: the coil noise covariance is not positive definite")
+            eye = torch.eye(psi.shape[0], dtype=psi.dtype)
+            transform = torch.linalg.solve_triangular(L, eye, upper=False).to(kspace.dtype).to(kspace.device)
+            kspace = torch.einsum("dc,chw->dhw", transform, kspace)
         if mask is None:
             k = kspace
             mask = torch.ones(1, 1, kspace.shape[-1], device=kspace.device)
@@ -145,6 +166,8 @@ class MeasurementModel:
         if self.virtual_coils and k.shape[0] > self.virtual_coils:
             U, kept = compression_matrix(k, mask, self.virtual_coils)
             k, ref = compress(k, U), U[0]
+            Uh = U.conj().T
+            transform = Uh if transform is None else Uh @ transform
         if self.maps:
             try:
                 maps = estimate_maps(k, mask, calib_rows=self.calib_rows, phase_ref=ref)
@@ -153,8 +176,12 @@ class MeasurementModel:
         else:
             maps = torch.ones_like(k)
         source = noise_source(self.noise_std, self.use_file_noise_std, attrs) if self.noise else "not used"
+        if source != "not used" and noise_cov is not None:
+            source = "noise scan"
         if source == "not used":
             noise = float("nan")
+        elif source == "noise scan":
+            noise = 1.0 / scale
         elif source == "config":
             noise = self.noise_std / scale
         elif source == "file attribute":
@@ -167,4 +194,4 @@ class MeasurementModel:
         for key, t in (("kspace", k), ("maps", maps)):
             if not bool(torch.isfinite(torch.view_as_real(t)).all()):
                 raise DataError(f"{where}: '{key}' contains NaN/Inf after conditioning")
-        return Measurement(k, mask, maps, float(scale), float(noise), source, density, kept)
+        return Measurement(k, mask, maps, float(scale), float(noise), source, density, kept, transform)

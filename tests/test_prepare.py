@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import data_prep.prepare as prep_mod
+import data_prep.prep_slice as slice_mod
 import data_prep.shards as shards_mod
 from data_prep.fastmri_h5 import DataError
 from data_prep.prepare import PrepConfig, prepare, prepare_config_from_args
@@ -194,7 +194,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     ref = prepare(files, tmp_path / "ref", cfg, progress=False)
     assert len(ref["shards"]) == 3
 
-    real_write, real_slice = shards_mod.write_shard, prep_mod._prepare_slice
+    real_write, real_slice = shards_mod.write_shard, slice_mod._prepare_slice
     calls = {"write": 0, "slice": 0}
 
     def failing_write(*a, **k):
@@ -221,7 +221,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
         return real_slice(*a, **k)
 
     monkeypatch.setattr(shards_mod, "write_shard", real_write)
-    monkeypatch.setattr(prep_mod, "_prepare_slice", counting_slice)
+    monkeypatch.setattr(slice_mod, "_prepare_slice", counting_slice)
     final = prepare(files, out, cfg, progress=False)
     assert calls["slice"] == 4  # the two slices of the finished shard were not redone
     assert (out / "shards" / "shard_00000.h5").stat().st_mtime_ns == before
@@ -254,11 +254,19 @@ def test_file_mask_wins_and_no_targets(tmp_path):
         PreparedDataset(tmp_path / "out", with_targets=True)
 
 
-def test_mixed_shapes_name_the_file_and_both_shapes(tmp_path):
+def test_mixed_readout_extents_cropped_by_default_refused_by_a_larger_matrix(tmp_path):
+    """Files of different matrices share one training matrix (default: the smallest readout extent, the largest
+    width); a --matrix one file cannot reach refuses the run naming the file, its rows and the matrix."""
     mask = RandomMask(4.0).sample((64, W), seed=3).reshape(-1).numpy()
     files = [_small(tmp_path, "a.h5"), _small(tmp_path, "b.h5", h=64, mask=mask)]
-    with pytest.raises(DataError, match=r"b\.h5.*\(1, 64, 64\).*\(1, 72, 64\)"):
-        prepare(files, tmp_path / "out", PrepConfig(), progress=False)
+    with pytest.warns(UserWarning, match="no targets kept"):
+        m = prepare(files, tmp_path / "ok", PrepConfig(), progress=False)
+    assert m["image_shape"] == [64, W] and m["geometry"]["matrix_source"] == "headers"
+    assert [s["geometry"]["readout"] for s in m["sources"]] == ["image-domain crop 72 -> 64", "kept"]
+    with pytest.raises(DataError, match=r"1 file\(s\) \(3 slices\) cannot be brought to the training matrix "
+                                        r"72x64[\s\S]*b\.h5: readout field of view holds 64 rows, the training "
+                                        r"matrix needs 72"):
+        prepare(files, tmp_path / "out", PrepConfig(matrix=(72, W)), progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
