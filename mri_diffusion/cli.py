@@ -297,23 +297,95 @@ def demo(source, out_dir, accelerations, max_slices, fresh, minutes, samples, no
               "or acs (the fully sampled centre columns of each training mask).")
 @click.option("--full-matrix", default=None, help="Views: the full-resolution matrix HxW when the files are "
               "low-resolution scans (default: the files' own matrix).")
+@click.option("--matrix", default=None, help="Training matrix HxW every slice is brought to (readout oversampling "
+              "removed and the readout cropped in the image domain, the phase encode cropped/zero-padded in "
+              "k-space). Default from the headers: the smallest readout extent (reconSpace) x the largest width.")
+@click.option("--virtual-coils", type=POSITIVE_INT, default=None, help="SVD-compress every slice to N virtual "
+              "coils (needed when the files' coil counts differ; files with fewer coils are refused).")
+@click.option("--workers", type=POSITIVE_INT, default=1, show_default=True, help="Processes preparing files in "
+              "parallel (single-threaded each; the set is identical to one worker's).")
+@click.option("--skip-refused", is_flag=True, help="Prepare the files that can be brought to the training matrix "
+              "and list the others (without it, any refused file stops the run before any work, exit 1).")
+@click.option("--no-prewhiten", is_flag=True, help="Ignore the noise scans ('noise' datasets) of the files.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @friendly_errors
 def prep(inputs, out_dir, mask_kind, acceleration, center_fraction, seed, noise_std, shard_size, max_slices,
-         no_targets, view, full_matrix, overwrite, quiet):
-    """Prepare a training set from fastMRI .h5 files: masks, scale, coil maps, noise level, shards."""
+         no_targets, view, full_matrix, matrix, virtual_coils, workers, skip_refused, no_prewhiten, overwrite, quiet):
+    """Prepare a training set from fastMRI .h5 files: one training matrix, masks, scale, coil maps, noise level,
+    shards."""
     from data_prep.prepare import PrepConfig, prepare
 
     check_acceleration(acceleration, mask_kind, center_fraction)
     setup_torch()
     cfg = PrepConfig(mask_type=mask_kind, acceleration=acceleration, center_fraction=center_fraction, seed=seed,
                      noise_std=noise_std, shard_size=shard_size, max_slices_per_file=max_slices,
-                     keep_targets=not no_targets, view=view, full_matrix=_matrix(full_matrix))
-    man = prepare(list(inputs), out_dir, cfg, overwrite=overwrite, progress=not quiet)
+                     keep_targets=not no_targets, view=view, full_matrix=_matrix(full_matrix),
+                     matrix=_matrix(matrix, hint="--matrix"), virtual_coils=virtual_coils,
+                     prewhiten=not no_prewhiten)
+    man = prepare(list(inputs), out_dir, cfg, overwrite=overwrite, progress=not quiet, workers=workers,
+                  skip_refused=skip_refused)
     view_txt = f"; view {man['view']['spec']} of {tuple(man['view']['full_shape'])}" if man.get("view") else ""
     click.echo(f"prepared {man['num_slices']} slices ({man['num_coils']} coils, {tuple(man['image_shape'])}) "
                f"in {out_dir}; targets kept: {man['has_targets']}{view_txt}")
+    run, disk = man["run"], man["disk"]
+    if run["slices_per_s"]:
+        click.echo(f"rate: {run['slices_per_s']:.2f} slices/s ({run['slices_per_s_per_worker']:.2f} per worker, "
+                   f"{run['workers']} worker(s)); disk: {disk['bytes_per_slice'] / 1e6:.2f} MB/slice, "
+                   f"{disk['prepared_over_raw']:.2f}x the raw k-space at the training matrix")
+    for r in man.get("refused", []):
+        click.secho(f"refused: {r['file']} ({r['slices']} slices): {r['reason']}", fg="yellow", err=True)
+
+
+@main.command("mock-fastmri")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Complex-image h5 ('image', 'volume'; e.g. the SIAT T2 set): one file per volume. Default: "
+              "smooth phantoms.")
+@click.option("--volumes", default=None, help="--source: volume ids, e.g. 0-13 (default: all).")
+@click.option("--files", type=POSITIVE_INT, default=3, show_default=True, help="Phantom files (without --source).")
+@click.option("--slices", type=POSITIVE_INT, default=4, show_default=True, help="Slices per phantom file.")
+@click.option("--recon", default="128x128", show_default=True, help="reconSpace HxW (the object's matrix).")
+@click.option("--oversampling", type=POSITIVE_INT, default=2, show_default=True, help="Readout oversampling factor.")
+@click.option("--widths", default="128,136,144", show_default=True, help="Phase-encode widths, cycled over files.")
+@click.option("--coils", default="6,8,12", show_default=True, help="Coil counts, cycled over files.")
+@click.option("--snr-db", type=Number(), default=30.0, show_default=True)
+@click.option("--noise-scan", is_flag=True, help="Write a noise scan ('noise' (coils, samples), an extension).")
+@click.option("--coil-correlation", type=Number(low=0), default=0.0, show_default=True,
+              help="Correlation of the coil noise (0: white).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+@friendly_errors
+def mock_fastmri(out_dir, source, volumes, files, slices, recon, oversampling, widths, coils, snr_db, noise_scan,
+                 coil_correlation, seed, overwrite):
+    """Write small fastMRI-like multi-coil files of mixed geometry (readout oversampling, widths, coil counts)."""
+    from data_prep.mock_fastmri import MockConfig, mock_folder
+    from data_prep.simulate_h5 import parse_ids
+
+    def ints(text, hint):
+        try:
+            vals = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: expected integers such as 128,136", param_hint=hint) from None
+        if not vals or min(vals) < 1:
+            raise click.BadParameter(f"{text!r}: values must be >= 1", param_hint=hint)
+        return vals
+
+    if volumes is not None and source is None:
+        raise click.UsageError("--volumes needs --source")
+    try:
+        ids = parse_ids(volumes) if volumes is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--volumes") from None
+    cfg = MockConfig(recon=_matrix(recon, hint="--recon"), readout_oversampling=oversampling,
+                     widths=ints(widths, "--widths"), coils=ints(coils, "--coils"), snr_db=snr_db,
+                     coil_correlation=coil_correlation, noise_scan=noise_scan, seed=seed)
+    setup_torch()
+    res = mock_folder(out_dir, cfg, source=source, volumes=ids, files=files, slices=slices, overwrite=overwrite,
+                      progress=True)
+    for f in res["files"]:
+        click.echo(f"{out_dir / f['file']}: {f['slices']} slices, {f['coils']} coils, k-space {f['kspace'][0]}x"
+                   f"{f['kspace'][1]}")
 
 
 @main.command()
