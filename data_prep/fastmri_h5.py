@@ -179,7 +179,7 @@ def iter_kspace(vol: Volume, max_slices: int | None = None, start: int = 0) -> I
     with _open(vol.path) as f:
         ds = f["kspace"]
         for i in range(start, n):
-            k = np.asarray(ds[i]).astype(np.complex64)
+            k = np.asarray(ds[i]).astype(np.complex64, copy=False)
             if not vol.multicoil:
                 k = k[None]
             if not np.all(np.isfinite(k)):

@@ -25,6 +25,7 @@ from mri_diffusion.physics.views import LowResView, centre_slices
 
 from .fastmri_h5 import DataError, Volume, iter_kspace, noise_covariance
 from .geometry import FilePlan
+from .shards import encode_chunk
 
 
 @dataclass
@@ -65,10 +66,11 @@ def run_task(task: tuple[int, int, int]) -> tuple[int, list[tuple]]:
     for i, k_np in iter_kspace(vol, stop, start=start):
         if not np.any(k_np):
             out.append(("skip", i, {"id": f"{vol.name}:{i}", "reason": "all-zero"}))
-        elif job.geo is None:
-            out.append(("row", i, _prepare_slice(job, fi, i, k_np)))
         else:
-            out.append(("row", i, _prepare_view_slice(job, fi, i, k_np)))
+            row = _prepare_slice(job, fi, i, k_np) if job.geo is None else _prepare_view_slice(job, fi, i, k_np)
+            if job.cfg.compress:
+                row["kspace"] = encode_chunk(row["kspace"])  # compressed here, in parallel; the parent copies bytes
+            out.append(("row", i, row))
     return fi, out
 
 

@@ -289,7 +289,7 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
     pending_skips: list[dict] = []
 
     def flush(pos):
-        entry, tentry = shards.write_shard(out_dir, len(state["shards"]), rows, with_targets, cfg.compress)
+        entry, tentry = shards.write_shard(out_dir, len(state["shards"]), rows, with_targets)
         state["shards"].append(entry)
         if tentry is not None:
             state["target_shards"].append(tentry)

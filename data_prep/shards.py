@@ -12,6 +12,8 @@ import hashlib
 import json
 import re
 import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -35,41 +37,69 @@ COMPRESSED = ("kspace",)
 GZIP_LEVEL = 1
 
 
-def _write_h5(path: Path, arrays: dict, compress: bool = False) -> tuple[str, int]:
-    """One shard, atomically; returns its sha256 and size in bytes."""
+@dataclass(frozen=True)
+class Chunk:
+    """One slice of a compressed dataset, encoded where it was computed (a ``prep`` worker): the bytes of an HDF5
+    chunk with the shuffle + deflate filters (what h5py's ``shuffle=True, compression='gzip'`` stores), written
+    as they are (``write_direct_chunk``), so that the parent process only copies bytes."""
+
+    data: bytes
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def encode_chunk(a: np.ndarray) -> Chunk:
+    """Byte-shuffle (element size) then deflate (zlib, ``GZIP_LEVEL``) one slice."""
+    a = np.ascontiguousarray(a)
+    shuffled = a.view(np.uint8).reshape(-1, a.dtype.itemsize).T.tobytes()
+    return Chunk(zlib.compress(shuffled, GZIP_LEVEL), tuple(a.shape), a.dtype.str)
+
+
+def _write_rows(f: h5py.File, key: str, values: list, dtype) -> None:
+    """Dataset ``key`` (N, ...) from per-slice values (arrays or :class:`Chunk`), slice by slice (no stacked copy)."""
+    if isinstance(values[0], Chunk):
+        shape = values[0].shape
+        ds = f.create_dataset(key, shape=(len(values), *shape), dtype=np.dtype(values[0].dtype), track_times=False,
+                              chunks=(1, *shape), compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
+        for j, c in enumerate(values):
+            if c.shape != shape:
+                raise ValueError(f"'{key}': slice {j} has shape {c.shape}, slice 0 {shape}")
+            ds.id.write_direct_chunk((j,) + (0,) * len(shape), c.data)
+        return
+    first = np.asarray(values[0])
+    ds = f.create_dataset(key, shape=(len(values), *first.shape), dtype=dtype, track_times=False)
+    for j, v in enumerate(values):
+        ds[j] = np.asarray(v, dtype=dtype)
+
+
+def _write_h5(path: Path, datasets: dict) -> tuple[str, int]:
+    """One shard, atomically, from {key: (per-slice values, dtype)} and 'ids'; returns its sha256 and size."""
     with atomic_write(path, overwrite=True) as tmp:
         with h5py.File(tmp, "w", track_order=False) as f:
-            for key, value in arrays.items():
+            for key, value in datasets.items():
                 if key == "ids":
                     f.create_dataset(key, data=np.asarray(value, dtype=object), dtype=h5py.string_dtype("utf-8"),
                                      track_times=False)
-                elif compress and key in COMPRESSED:
-                    f.create_dataset(key, data=value, track_times=False, chunks=(1, *value.shape[1:]),
-                                     compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
                 else:
-                    f.create_dataset(key, data=value, track_times=False)
+                    _write_rows(f, key, *value)
     return _sha256(path), path.stat().st_size
 
 
-def write_shard(out_dir: Path, index: int, rows: list[dict], with_targets: bool,
-                compress: bool = False) -> tuple[dict, dict | None]:
+def write_shard(out_dir: Path, index: int, rows: list[dict], with_targets: bool) -> tuple[dict, dict | None]:
     """Write shards/<name> (and targets/<name>); targets first so a listed shard always has its target.
-    ``compress``: gzip the datasets in :data:`COMPRESSED` (h5py decompresses them transparently on reading)."""
+    A row's 'kspace' may be a :class:`Chunk` (compressed in the worker; h5py decompresses it on reading)."""
     name = shard_name(index)
     ids = [r["id"] for r in rows]
+    col = lambda key, dtype: ([r[key] for r in rows], dtype)  # noqa: E731
     target_entry = None
     if with_targets:
         sha, size = _write_h5(out_dir / TARGET_DIR / name, {
-            "target": np.stack([r["target"] for r in rows]).astype(np.complex64),
-            "rss": np.stack([r["rss"] for r in rows]).astype(np.float32), "ids": ids})
+            "target": col("target", np.complex64), "rss": col("rss", np.float32), "ids": ids})
         target_entry = {"name": name, "num_slices": len(rows), "sha256": sha, "bytes": size}
     sha, size = _write_h5(out_dir / SHARD_DIR / name, {
-        "kspace": np.stack([r["kspace"] for r in rows]).astype(np.complex64),
-        "mask": np.stack([r["mask"] for r in rows]).astype(np.float32),
-        "density": np.stack([r["density"] for r in rows]).astype(np.float32),
-        "maps": np.stack([r["maps"] for r in rows]).astype(np.complex64),
-        "noise_std": np.asarray([r["noise_std"] for r in rows], np.float32),
-        "scale": np.asarray([r["scale"] for r in rows], np.float32), "ids": ids}, compress)
+        "kspace": col("kspace", np.complex64), "mask": col("mask", np.float32), "density": col("density", np.float32),
+        "maps": col("maps", np.complex64), "noise_std": col("noise_std", np.float32),
+        "scale": col("scale", np.float32), "ids": ids})
     return {"name": name, "num_slices": len(rows), "sha256": sha, "bytes": size, "ids": ids}, target_entry
 
 
