@@ -82,10 +82,12 @@ def main(argv=None) -> int:
         for workers, threads in ((1, 1), (a.workers, 1), (1, a.workers)):
             if threads > 1 and r > 0:
                 continue
+            load = os.getloadavg()[0]
             res = run_once(raw, a.out / f"set_w{workers}_t{threads}", cfg, workers, threads)
+            res["load_before"] = load
             runs.append(res)
             print(f"  repeat {r}: {workers} worker(s) x {threads} thread(s): {res['wall_s']:.1f} s, "
-                  f"{res['rate']:.3f} slices/s", flush=True)
+                  f"{res['rate']:.3f} slices/s (1-min load average before: {load:.2f})", flush=True)
     same = all(x["sha"] == runs[0]["sha"] for x in runs)
     rate = {k: statistics.median(x["rate"] for x in runs if (x["workers"], x["threads"]) == k)
             for k in ((1, 1), (a.workers, 1), (1, a.workers))}
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
                          f"1 worker x {a.workers} threads": rate[(1, a.workers)]},
         "per_worker_slices_per_s": best / a.workers,
         "speedup_workers": best / rate[(1, 1)], "speedup_threads": rate[(1, a.workers)] / rate[(1, 1)],
-        "identical_shards": same, "bytes_per_slice": disk["bytes_per_slice"],
+        "identical_shards": same, "load_before": [round(x["load_before"], 2) for x in runs], "bytes_per_slice": disk["bytes_per_slice"],
         "raw_bytes_per_slice_at_matrix": disk["raw_bytes_per_slice_at_matrix"],
         "prepared_over_raw": disk["prepared_over_raw"], "prepared_over_raw_files": disk["bytes"] / raw_bytes,
         "projection": {"slices": BRAIN_TRAIN_SLICES, f"hours_{a.workers}_workers": hours, "hours_1_worker": hours1,

@@ -250,3 +250,27 @@ def test_torchrun_ddp_trains_on_the_mixed_set(mixed, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
     assert ck["step"] == 2 and ck["data"]["image_shape"] == [48, 56]
+
+
+def _square(x):
+    return x * x
+
+
+def test_workers_stream_with_a_bounded_window():
+    """ordered_map keeps results in task order and never pulls more than `window` tasks ahead of the consumer:
+    memory does not grow with the number of files."""
+    from data_prep.parallel import ordered_map
+
+    pulled = []
+
+    def tasks():
+        for t in range(20):
+            pulled.append(t)
+            yield t
+
+    got = []
+    for r in ordered_map(_square, tasks(), workers=2, window=3):
+        assert len(pulled) - len(got) <= 3 + 1  # in flight + the result being handed over
+        got.append(r)
+    assert got == [t * t for t in range(20)]
+    assert list(ordered_map(_square, range(5), workers=1)) == [0, 1, 4, 9, 16]
