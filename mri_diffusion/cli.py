@@ -6,6 +6,7 @@ Errors in the input become a one-line message naming the file/key/shape and exit
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def _virtual_coils(text: str, method: str) -> int:
     """--virtual-coils: 'auto' (8 for diffusion, else off) or a number >= 0."""
     from recon.diffusion import DEFAULT_VIRTUAL_COILS
 
-    n = (DEFAULT_VIRTUAL_COILS if method == "diffusion" else 0) if text == "auto" else int(text) if text.isdigit() else -1
+    n = (DEFAULT_VIRTUAL_COILS if method in ("diffusion", "auto") else 0) if text == "auto" else int(text) if text.isdigit() else -1
     if n < 0:
         raise click.BadParameter(f"{text!r}: expected 'auto' or a number of coils >= 0", param_hint="--virtual-coils")
     return n
@@ -119,10 +120,13 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (fastMRI submission layout: same file names, key 'reconstruction'). Finished "
                    "files made with the same settings are skipped, so a re-run resumes an interrupted run.")
-@click.option("--method", type=click.Choice(["zero-filled", "sense", "l1-wavelet", "diffusion"]), default="sense",
-              show_default=True)
+@click.option("--method", type=click.Choice(["zero-filled", "sense", "l1-wavelet", "diffusion", "auto"]),
+              default="sense", show_default=True,
+              help="auto: the guarded reconstruction (recon/guard.py): per slice, held-out k-space lines choose "
+                   "between the diffusion posterior and L1-wavelet / CG-SENSE, and flag scans unlike the prior's "
+                   "training set (printed as warnings, recorded per slice in the output's slice_info attr).")
 @click.option("--checkpoint", default=None,
-              help="Prior for --method diffusion: a checkpoint from mridiff train, or 'builtin'.")
+              help="Prior for --method diffusion / auto: a checkpoint from mridiff train, or 'builtin'.")
 @click.option("--sampler", type=click.Choice(["dds", "dps", "pc", "langevin", "cg"]), default="dds", show_default=True,
               help="Posterior sampler; cg is the old name of dds (its data-consistency step is a CG solve).")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Noise levels of the sampler (default: the sampler's own).")
@@ -163,27 +167,53 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
               "(they are still listed). Without it, an unreadable input stops the run before any work, and one "
               "that fails during reconstruction makes it exit 1 after the others.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--guard-fraction", type=Number(low=0, low_open=True, high=0.45), default=0.15,
+              show_default=True, help="--method auto: share of the sampled lines outside the calibration block held "
+              "out per fold.")
+@click.option("--guard-folds", type=POSITIVE_INT, default=2, show_default=True,
+              help="--method auto: disjoint held-out sets (each costs one more posterior run).")
+@click.option("--guard-l1-grid", default="3e-4,1e-3,3e-3", show_default=True,
+              help="--method auto: L1-wavelet weights tried per slice (chosen by held-out error).")
+@click.option("--guard-flag-db", type=Number(), default=0.0, show_default=True,
+              help="--method auto: flag a slice when the diffusion's held-out error exceeds the best classical "
+              "one by more than this (dB).")
+@click.option("--guard-flag-ratio", type=Number(low=0, low_open=True), default=4.0, show_default=True,
+              help="--method auto: flag a slice when the diffusion's held-out error exceeds this multiple of what "
+              "its posterior spread predicts.")
 @click.pass_context
 @friendly_errors
 def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
-          noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet):
+          noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
+          guard_folds, guard_l1_grid, guard_flag_db, guard_flag_ratio):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
-    refuse_unused(ctx, method, {**{k: ("diffusion",) for k in DIFFUSION_ONLY}, "sense_iters": ("sense",),
-                                "sense_lambda": ("sense",), "l1_lambda": ("l1-wavelet",), "l1_iters": ("l1-wavelet",)})
+    guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_flag_db", "guard_flag_ratio")
+    refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
+                                "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
+                                "l1_iters": ("l1-wavelet", "auto"), **{k: ("auto",) for k in guard_keys}})
     check_acceleration(acceleration, mask_kind, center_fraction)
     setup_torch()
     n_virtual = _virtual_coils(virtual_coils, method)
     spec = MaskSpec(mask_kind, acceleration, center_fraction, seed)
     dev = _device(device)
     attrs = {}
-    if method == "diffusion":
+    if method in ("diffusion", "auto"):
         from recon.diffusion import DiffusionRecon, load_prior, parse_sampler_options
 
         if checkpoint is None:
-            raise click.UsageError("--method diffusion needs --checkpoint")
+            raise click.UsageError(f"--method {method} needs --checkpoint")
+        if method == "auto":
+            from recon.guard import GuardedRecon, GuardOptions
+
+            try:
+                grid = tuple(float(v) for v in guard_l1_grid.split(","))
+                gopts = GuardOptions(fraction=guard_fraction, folds=guard_folds, l1_grid=grid, l1_iters=l1_iters,
+                                     sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
+                                     flag_ratio=guard_flag_ratio, seed=seed)
+            except ValueError as e:
+                raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded
             opts = parse_sampler_options(sampler, split_pairs(sampler_options, "--sampler-option"))
         except ValueError as e:
@@ -191,13 +221,20 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
         net, cfg, ck = load_prior(checkpoint, dev)
         fn = DiffusionRecon(net, sampler, steps, samples, seed, save_samples, opts)
         settings, attrs, what = fn.describe(checkpoint, cfg, ck)
+        if method == "auto":
+            fn = GuardedRecon(fn, gopts)
+            settings = {**settings, **fn.describe()}
+            attrs = {**attrs, "guard": json.dumps(fn.describe()["guard"])}
+            what += (f"; guarded: {gopts.folds} fold(s) of {gopts.fraction:g} of the lines outside the centre held "
+                     f"out, candidates {', '.join(fn.candidates)}")
     else:
         params = {"sense": {"sense_iters": sense_iters, "sense_lambda": sense_lambda},
                   "l1-wavelet": {"l1_iters": l1_iters, "l1_lambda": l1_lambda}}.get(method, {})
         fn = classical_method(method, **params)
         settings = dict(params)
         what = ", ".join(f"{k} {v:g}" for k, v in params.items()) or "no parameters"
-    label = f"diffusion-{attrs['prior']}" if method == "diffusion" else method
+    label = f"{'diffusion' if method == 'diffusion' else 'auto'}-{attrs['prior']}" if method in ("diffusion", "auto") \
+        else method
     try:
         res = run(list(inputs), out_dir, label, fn, spec, dev, overwrite=overwrite, attrs=attrs,
                   max_slices=max_slices, progress=not quiet, expect=None if challenge == "auto" else challenge,

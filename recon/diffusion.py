@@ -149,7 +149,7 @@ class DiffusionRecon:
             extra = {"reconstruction_std": torch.sqrt(((xs - mean).abs() ** 2).mean(0))} if K > 1 else {}
             if self.save_samples:
                 extra["reconstruction_samples"] = xs.abs()
-            out.append(SliceResult(mean, extra))
+            out.append(SliceResult(mean, extra, samples=xs))
         return out
 
 

@@ -31,6 +31,10 @@ from .figures import montage, save_png
 from .samplers.common import SAMPLER_ALIASES
 
 
+class OODWarning(UserWarning):
+    """A slice looks unlike the prior's training set (``recon.guard``): the recon command prints it."""
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     """Retrospective mask used when a file has none."""
@@ -46,8 +50,10 @@ class MaskSpec:
 
 @dataclass
 class SliceResult:
-    image: torch.Tensor  # complex or real (H, W), in the file's units
-    extra: dict = field(default_factory=dict)  # e.g. {'reconstruction_std': (H, W)}
+    image: torch.Tensor  # complex or real (H, W), normalised units (the pipeline multiplies by the scale)
+    extra: dict = field(default_factory=dict)  # e.g. {'reconstruction_std': (H, W)}: written, scaled and cropped
+    samples: torch.Tensor | None = None  # complex (K, H, W) posterior samples, normalised units; never written
+    info: dict | None = None  # JSON-able per-slice record (e.g. the guard's choice); written to attr 'slice_info'
 
 
 def volume_mask(vol: Volume, spec: MaskSpec) -> tuple[torch.Tensor, str]:
@@ -121,6 +127,7 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
     recs: list = [None] * n
     extras: dict[str, list] = {}
     kept: list[float] = []
+    infos: list = [None] * n
     pending: list[tuple] = []  # (slice index, scale, (k, mask, maps, ctx))
     batched = batch_slices > 1 and hasattr(method, "batch")
 
@@ -134,6 +141,13 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
             if not np.all(np.isfinite(img)):
                 raise DataError(f"{vol.path}: slice {i} reconstruction contains NaN/Inf; nothing written for this file")
             recs[i] = centre_crop(img, vol.recon_size)
+            if res.info is not None:
+                infos[i] = {**res.info, "scale": float(scale)}
+                if res.info.get("ood_flag"):
+                    warnings.warn(f"{vol.path}: slice {i}: out-of-distribution flag: {res.info.get('reason', '')}; "
+                                  f"held-out error {res.info.get('ood_db', float('nan')):+.2f} dB against the best "
+                                  f"classical, {res.info.get('calibration_ratio', float('nan')):.2g} x the "
+                                  "posterior's own prediction", OODWarning)
             for key, v in res.extra.items():
                 extras.setdefault(key, [None] * n)[i] = centre_crop((v * scale).float().cpu().numpy(), vol.recon_size)
         pending.clear()
@@ -159,6 +173,8 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
     for key, vals in extras.items():  # all-zero slices have no extras: zeros shaped like the others
         like = next(v for v in vals if v is not None)
         result[key] = np.stack([np.zeros_like(like) if v is None else v for v in vals]).astype(np.float32)
+    if any(v is not None for v in infos):
+        result["slice_info"] = infos
     if kept:
         result["virtual_coils"] = int(virtual_coils)
         result["coil_energy_kept"] = float(min(kept))
@@ -312,6 +328,10 @@ def _write(path: Path, vol: Volume, res: dict, method_name: str, spec: MaskSpec,
             "mask_source": res["mask_source"], "mask_type": spec.kind, "seed": spec.seed,
             "seconds_per_slice": res["seconds"] / max(1, res["num_slices"]), **(attrs or {}),
             "settings": json.dumps(settings, sort_keys=True, default=str), "settings_fingerprint": fingerprint(settings)}
+    if "slice_info" in res:
+        meta["slice_info"] = json.dumps(res["slice_info"], default=float)
+        flags = [bool(v and v.get("ood_flag")) for v in res["slice_info"]]
+        meta["ood_flags"] = sum(flags)
     if "virtual_coils" in res:
         meta["virtual_coils"] = res["virtual_coils"]
         meta["coil_energy_kept"] = res["coil_energy_kept"]

@@ -47,6 +47,40 @@ def test_recon_diffusion_every_sampler(tiny_prior, tmp_path, sampler):
     assert (tmp_path / "o" / "t.png").exists()
 
 
+def test_recon_auto_guard_end_to_end(tiny_prior, tmp_path):
+    """--method auto: the guarded reconstruction writes its choice per slice, the unguarded posterior next to it,
+    refuses guard options for other methods, and its report panels show the choice."""
+    import json
+
+    ckpt, f = tiny_prior
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(out), "--method", "auto", "--checkpoint", str(ckpt),
+                                  "--steps", "3", "--samples", "2", "-R", "3", "--center-fraction", "0.16", "--quiet",
+                                  "--guard-l1-grid", "1e-3,1e-2", "--l1-iters", "10", "--sense-iters", "5"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "guarded" in r.output and "l1-wavelet:0.01" in r.output
+    with h5py.File(out / "t.h5") as h:
+        infos = json.loads(h.attrs["slice_info"])
+        assert len(infos) == 2 and h.attrs["method"] == "auto-tiny"
+        for i, info in enumerate(infos):
+            assert info["choice"] in ("diffusion", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense")
+            assert isinstance(info["ood_flag"], bool) and info["folds"] == 2 and info["reason"]
+            assert set(info["est_psnr"]) == {"diffusion", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense"}
+            if info["choice"] == "diffusion":
+                np.testing.assert_allclose(h["reconstruction"][i], h["reconstruction_diffusion"][i], rtol=1e-5)
+        assert h.attrs["ood_flags"] == sum(i["ood_flag"] for i in infos)
+        assert h["reconstruction_std"].shape == h["reconstruction_diffusion_std"].shape == (2, 40, 48)
+    from recon.evaluation.load import guard_note, read_slice_info
+
+    assert guard_note(read_slice_info(out / "t.h5", 1)).startswith("guard chose ")
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "sense",
+                                  "--guard-folds", "3"])
+    assert r.exit_code == 2 and "--guard-folds applies to --method auto only" in r.output
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "auto"])
+    assert r.exit_code == 2 and "--method auto needs --checkpoint" in r.output
+
+
 def test_recon_diffusion_needs_checkpoint_and_refuses_nan(tiny_prior, tmp_path, monkeypatch):
     ckpt, f = tiny_prior
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "o"), "--method", "diffusion"])

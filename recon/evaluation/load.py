@@ -125,3 +125,34 @@ def read_slice(path: Path, key: str, index: int) -> np.ndarray:
     """One slice (H, W) of dataset ``key`` (for the report's panels)."""
     with h5py.File(path, "r") as f:
         return f[key][index]
+
+
+def read_slice_info(path: Path, index: int) -> Optional[dict]:
+    """The per-slice record of a guarded reconstruction (attr ``slice_info``, ``recon.guard``) or None."""
+    import json
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("slice_info")
+    if raw is None:
+        return None
+    try:
+        infos = json.loads(raw)
+    except ValueError:
+        return None
+    return infos[index] if isinstance(infos, list) and 0 <= index < len(infos) else None
+
+
+def guard_note(info: Optional[dict]) -> str:
+    """One line for a report panel: what the guard chose and whether the slice was flagged."""
+    if not info:
+        return ""
+    flag = info.get("ood_flag")
+    text = f"guard chose {info.get('choice', '?')}"
+    if flag:
+        text += (f"; OUT-OF-DISTRIBUTION FLAG: the prior's held-out error is {info.get('ood_db', float('nan')):+.1f} dB "
+                 f"against the best classical, {info.get('calibration_ratio', float('nan')):.1f} x what its std "
+                 "predicts (the std map includes the disagreement)")
+    elif flag is None:
+        text += " (unvalidated: no held-out lines)"
+    return text
+

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .. import metrics as M
-from .load import Prediction, Target, read_slice, read_target
+from .load import Prediction, Target, guard_note, read_slice, read_slice_info, read_target
 from .pairs import EvaluationError, EvaluationWarning, Item
 from .summary import acc_sort
 
@@ -95,6 +95,8 @@ def build_panels(preds: Sequence[ShownPrediction], targets: Mapping[str, ShownTa
                 r = lookup.get((p.item.method, p.item.acceleration, file, s), {})
                 note = (f"slice PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}"
                         if r.get("valid") and r.get("psnr") is not None else "")
+                guard = guard_note(read_slice_info(p.item.path, s))
+                note = "; ".join(x for x in (note, guard) if x)
                 row.append({"label": p.item.label, "std": std, "note": note, "mask": p.mask,
                             "image": M.center_crop(read_slice(p.item.path, "reconstruction", s), crop)})
             title = ", ".join(x for x in ("" if acc is None else f"R = {float(acc):g}", what) if x)

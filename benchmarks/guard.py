@@ -1,0 +1,210 @@
+"""Unseen anatomy: the guarded reconstruction (``recon --method auto``) against the unguarded diffusion posterior,
+L1-wavelet and CG-SENSE, per dataset and prior, with per-slice paired CIs.
+
+For each dataset (a folder of fastMRI multi-coil test files) x prior x acceleration, on the same masks
+(``recon.experiment.run_methods``): CG-SENSE, L1-wavelet (weight tuned on --val, never on the test files) and
+the guarded reconstruction. The guard always refits the unguarded posterior too (``reconstruction_diffusion``):
+it is written out as the method ``diffusion-<prior>`` so both are scored from one run, on the same samples.
+
+Reported (markdown + JSON):
+- PSNR of each method; guarded - max(L1, SENSE) (the better baseline by mean PSNR) with its 95 % CI over
+  slices and its worst slice; guarded - unguarded diffusion; the share of slices flagged; the share of the
+  slices where the unguarded diffusion loses to L1-wavelet that are flagged (recall);
+- Spearman rank correlation within the dataset between the held-out estimate of PSNR (``recon.selfval``:
+  measurements only, the reconstruction's own volume maximum as range) and the true PSNR, over slices x
+  {diffusion, L1-wavelet at its tuned weight, CG-SENSE};
+- calibration of the std map (``recon.uncertainty.calibration``): the unguarded posterior std against the
+  unguarded error, and the guard's std against the guarded error.
+
+Usage: python benchmarks/guard.py --dataset siat=runs/siat128/multicoil_test --dataset knee=runs/knee128/multicoil_test
+           --prior siat=builtin --prior colin27=builtin-colin27 --val runs/siat128/multicoil_val --out runs/guard
+           [--only siat:siat,knee:siat] [--accelerations 4,8] [--markdown BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from data_prep.fastmri_h5 import read_target, write_reconstruction  # noqa: E402
+from paired import ci95, per_slice  # noqa: E402
+from recon.experiment import Method, baseline_methods, machine_line, run_methods  # noqa: E402
+from recon.metrics import fastmri_crop  # noqa: E402
+from recon.uncertainty import calibration  # noqa: E402
+
+
+def guard_method(name: str, checkpoint: str, device, samples: int = 4, **guard) -> Method:
+    from recon.diffusion import DEFAULT_VIRTUAL_COILS, DiffusionRecon, load_prior
+    from recon.guard import GuardedRecon, GuardOptions
+
+    net, cfg, ck = load_prior(checkpoint, device)
+    g = GuardedRecon(DiffusionRecon(net, "dds", None, samples, 0, False, {}), GuardOptions(**guard))
+    return Method(name, lambda R: g, attrs={"prior": checkpoint, "prior_step": int(ck["step"]), "samples": samples,
+                                            "guard": json.dumps(g.describe()["guard"])},
+                  virtual_coils=DEFAULT_VIRTUAL_COILS)
+
+
+def split_unguarded(auto_dir: Path, dest: Path) -> None:
+    """Write the guard's refit unguarded posterior (mean, std) as a method folder of its own."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(auto_dir.glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            rec = h["reconstruction_diffusion"][()]
+            extra = {"reconstruction_std": h["reconstruction_diffusion_std"][()], "mask": h["mask"][()]}
+            attrs = {k: v for k, v in h.attrs.items() if k not in ("slice_info", "ood_flags", "guard")}
+        write_reconstruction(dest / f.name, rec, extra=extra, attrs=attrs, overwrite=True)
+
+
+def slice_infos(auto_dir: Path) -> dict[tuple[str, int], dict]:
+    out = {}
+    for f in sorted(auto_dir.glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            infos = json.loads(h.attrs["slice_info"])
+            peak = float(h["reconstruction"][()].max())
+            peak_d = float(h["reconstruction_diffusion"][()].max())
+        for i, info in enumerate(infos):
+            if info is not None:
+                out[(f.stem, i)] = {**info, "_peak": peak, "_peak_diffusion": peak_d}
+    return out
+
+
+def volume_peaks(folder: Path) -> dict[str, float]:
+    out = {}
+    for f in sorted(folder.glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            out[f.stem] = float(h["reconstruction"][()].max())
+    return out
+
+
+def std_calibration(folder: Path, targets: Path) -> dict:
+    t, r, s = [], [], []
+    for f in sorted(folder.glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            rec, std = h["reconstruction"][()], h["reconstruction_std"][()]
+        gt = read_target(targets / f.name)[0][: rec.shape[0]]
+        g, p, _ = fastmri_crop(gt, rec)
+        _, q, _ = fastmri_crop(gt, std)
+        t.append(g.ravel()); r.append(p.ravel()); s.append(q.ravel())
+    return calibration(np.concatenate(t)[None], np.concatenate(r)[None], np.concatenate(s)[None])
+
+
+def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -> dict:
+    auto, diff = root / f"auto-{prior}_R{R:g}", root / f"diffusion-{prior}_R{R:g}"
+    m = {"auto": per_slice(auto, targets), "diffusion": per_slice(diff, targets),
+         "l1-wavelet": per_slice(root / f"l1-wavelet_R{R:g}", targets), "sense": per_slice(root / f"sense_R{R:g}", targets)}
+    keys = sorted(m["auto"])
+    mean = {k: float(np.mean([m[k][s]["psnr"] for s in keys])) for k in m}
+    best = max(("l1-wavelet", "sense"), key=lambda k: mean[k])
+    d_best = np.array([m["auto"][s]["psnr"] - m[best][s]["psnr"] for s in keys])
+    d_max = np.array([m["auto"][s]["psnr"] - max(m["l1-wavelet"][s]["psnr"], m["sense"][s]["psnr"]) for s in keys])
+    d_diff = np.array([m["auto"][s]["psnr"] - m["diffusion"][s]["psnr"] for s in keys])
+    d_dl1 = np.array([m["diffusion"][s]["psnr"] - m["l1-wavelet"][s]["psnr"] for s in keys])
+    infos = slice_infos(auto)
+    flags = np.array([bool(infos[s].get("ood_flag")) for s in keys])
+    loses = d_dl1 < 0
+    choices: dict[str, int] = {}
+    for s in keys:
+        c = infos[s]["choice"].split(":")[0]
+        choices[c] = choices.get(c, 0) + 1
+    # held-out PSNR estimate per (slice, method) with each method's own volume maximum as range
+    peaks = {"diffusion": volume_peaks(diff), "l1-wavelet": volume_peaks(root / f"l1-wavelet_R{R:g}"),
+             "sense": volume_peaks(root / f"sense_R{R:g}")}
+    cand = {"diffusion": "diffusion", "l1-wavelet": f"l1-wavelet:{l1_lambda:g}", "sense": "sense"}
+    est, true = [], []
+    for s in keys:
+        info = infos[s]
+        for meth, c in cand.items():
+            if c not in info.get("est_mse", {}):
+                continue
+            mse = info["est_mse"][c] * info["scale"] ** 2
+            est.append(10 * math.log10(peaks[meth][s[0]] ** 2 / mse) if mse > 0 else math.inf)
+            true.append(m[meth][s]["psnr"])
+    rho = float(stats.spearmanr(est, true).statistic) if len(est) > 2 else math.nan
+    return {"prior": prior, "R": R, "slices": len(keys), "volumes": len({s[0] for s in keys}), "psnr": mean,
+            "best_baseline": best, "auto_minus_best": ci95(d_best), "auto_minus_best_worst": float(d_best.min()),
+            "auto_minus_slice_max_worst": float(d_max.min()), "auto_minus_diffusion": ci95(d_diff),
+            "diffusion_minus_l1": ci95(d_dl1), "flagged": float(flags.mean()), "diffusion_loses": int(loses.sum()),
+            "flag_recall": float(flags[loses].mean()) if loses.any() else math.nan, "choices": choices,
+            "spearman_est_vs_true": rho, "est_pairs": len(est),
+            "est_bias_db": float(np.mean(np.array(est) - np.array(true))) if est else math.nan,
+            "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
+
+
+def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
+    ci = lambda c: f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]"  # noqa: E731
+    lines = [f"Machine: {machine}; {seconds / 60:.0f} min for this table.", "",
+             "| data | prior | R | slices (vols) | PSNR diff / L1 / SENSE / guarded | guarded - best baseline [95 % CI] "
+             "(worst slice) | guarded - diffusion [95 % CI] | diffusion - L1 | flagged | flag recall (diffusion < L1) "
+             "| choices | Spearman(est, true) | std corr / within 2 std: before -> after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r["psnr"]
+        b, a = r["std_before"], r["std_after"]
+        rec = "n/a" if math.isnan(r["flag_recall"]) else f"{100 * r['flag_recall']:.0f} % of {r['diffusion_loses']}"
+        lines.append(
+            f"| {r['data']} | {r['prior']} | {r['R']:g} | {r['slices']} ({r['volumes']}) | {p['diffusion']:.2f} / "
+            f"{p['l1-wavelet']:.2f} / {p['sense']:.2f} / {p['auto']:.2f} | {ci(r['auto_minus_best'])} vs "
+            f"{r['best_baseline']} ({r['auto_minus_best_worst']:+.2f}) | {ci(r['auto_minus_diffusion'])} | "
+            f"{ci(r['diffusion_minus_l1'])} | {100 * r['flagged']:.0f} % | {rec} | "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} | "
+            f"{b['corr']:.2f} / {100 * b['within_2std']:.0f} % -> {a['corr']:.2f} / {100 * a['within_2std']:.0f} % |")
+    return lines
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", action="append", required=True, help="NAME=FOLDER of test files")
+    ap.add_argument("--prior", action="append", required=True, help="NAME=CHECKPOINT (or builtin, builtin-colin27)")
+    ap.add_argument("--only", default=None, help="DATA:PRIOR,... pairs to run (default: all)")
+    ap.add_argument("--val", type=Path, required=True, help="validation files for the L1 weight")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--accelerations", default="4,8")
+    ap.add_argument("--max-slices", type=int, default=None)
+    ap.add_argument("--fraction", type=float, default=0.15)
+    ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--markdown", type=Path, default=None)
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    dev = torch.device("cpu")
+    datasets = dict(x.split("=", 1) for x in a.dataset)
+    priors = dict(x.split("=", 1) for x in a.prior)
+    todo = [tuple(x.split(":")) for x in a.only.split(",")] if a.only else [(d, p) for d in datasets for p in priors]
+    Rs = [float(r) for r in a.accelerations.split(",")]
+    t0 = time.perf_counter()
+    lams: dict[float, float] = {}
+    base = baseline_methods(a.val, Rs, dev, log=lambda R, lam, sc: lams.__setitem__(R, lam))
+    base = [m for m in base if m.name != "zero-filled"]
+    print(f"L1 weights tuned on {a.val}: {lams}", flush=True)
+    rows = []
+    for dname, pname in todo:
+        root = a.out / dname
+        g = guard_method(f"auto-{pname}", priors[pname], dev, fraction=a.fraction, folds=a.folds)
+        run_methods(Path(datasets[dname]), root, base + [g], Rs, dev, max_slices=a.max_slices, progress=False)
+        for R in Rs:
+            split_unguarded(root / f"auto-{pname}_R{R:g}", root / f"diffusion-{pname}_R{R:g}")
+            r = analyse(root, Path(datasets[dname]), pname, R, lams[R])
+            rows.append({"data": dname, **r})
+            print(json.dumps(rows[-1], default=float), flush=True)
+    lines = markdown(rows, machine_line(dev), time.perf_counter() - t0)
+    print("\n".join(lines))
+    a.out.mkdir(parents=True, exist_ok=True)
+    tag = "_".join(f"{d}-{p}" for d, p in todo)
+    (a.out / f"guard_{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
+    (a.out / f"guard_{tag}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

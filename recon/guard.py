@@ -1,0 +1,179 @@
+"""The guarded reconstruction (``mridiff recon --method auto``): per slice, let held-out k-space decide between the
+diffusion posterior mean and the classical reconstructions, and flag scans unlike the prior's training set.
+
+A diffusion prior fills unmeasured k-space with what it learned; on anatomy it never saw it can invent structure,
+where L1-wavelet and CG-SENSE degrade gracefully. Per slice (``recon.selfval`` for the estimates):
+
+1. hold out ``fraction`` of the measured lines outside the calibration block (``folds`` disjoint sets, seeded
+   by (file, slice, seed));
+2. reconstruct from the rest with every candidate: the diffusion posterior (K samples), L1-wavelet at each
+   weight of ``l1_grid`` (the weight is chosen per slice by validation, never by ground truth) and CG-SENSE;
+3. score each by its held-out error (``selfval.validation_error``, noise subtracted, summed over folds) and pick
+   the smallest; ties go to the earlier candidate (diffusion first). Each candidate's whole-image PSNR is also
+   estimated (``est_psnr``: ``selfval.ratio_estimate`` with the posterior spread as auxiliary variable; the
+   stratified direct estimate with one posterior sample);
+4. refit the chosen method on all measured lines (the diffusion posterior is always refit: it is the unguarded
+   result, written as ``reconstruction_diffusion`` with its raw std ``reconstruction_diffusion_std``).
+
+The out-of-distribution flag (``ood_flag``) fires when the held-out lines say the prior is unsafe on this slice:
+the diffusion's held-out error exceeds the best classical one by more than ``flag_db`` dB (``ood_db``), or it
+exceeds what the posterior's own spread predicts by more than a factor ``flag_ratio`` (``calibration_ratio``,
+``selfval.posterior_predicted``: a confident prior that is wrong). The defaults are set a priori, not tuned:
+0 dB means "a classical method predicts the held-out lines better than the prior"; a factor 4 is 2x the error
+amplitude the posterior claims (BENCHMARKS.md, "Unseen anatomy", measures what they give).
+
+The written std (``reconstruction_std``) is made honest with the same held-out lines: the posterior std is
+scaled by sqrt(max(1, calibration_ratio)), and where a classical reconstruction was chosen, the disagreement
+|x_out - x_diffusion| is added in quadrature, so invented structure shows up in the map.
+
+Per slice, ``SliceResult.info`` records the choice, the reason, every candidate's held-out error and estimated
+PSNR, the flag and its scores; ``recon.pipeline`` writes them to the output's ``slice_info`` attr and warns on
+flagged slices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import baselines, selfval
+from .diffusion import DiffusionRecon
+from .pipeline import SliceResult
+from .samplers.common import derive_seed
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """Settings of the guarded reconstruction (module doc)."""
+
+    fraction: float = 0.15      # of the sampled lines outside the calibration block, per fold
+    folds: int = 2
+    l1_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    l1_iters: int = 100
+    sense_iters: int = 30
+    sense_lambda: float = 1e-2
+    flag_db: float = 0.0        # flag when diffusion's held-out error > best classical's by this many dB
+    flag_ratio: float = 4.0     # flag when diffusion's held-out error > this x its posterior-predicted error
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.fraction < 0.5:
+            raise ValueError(f"guard fraction must be in (0, 0.5), got {self.fraction}")
+        if self.folds < 1 or not self.l1_grid or min(self.l1_grid) <= 0:
+            raise ValueError(f"guard needs folds >= 1 and positive L1 weights, got {self.folds}, {self.l1_grid}")
+
+
+def _db(a: float, b: float, floor: float) -> float:
+    """10 log10(a / b) with both floored at ``floor`` > 0: held-out errors can be <= 0 once the noise is
+    subtracted (a reconstruction within the noise), and differences below the floor mean nothing."""
+    return 10 * math.log10(max(a, floor) / max(b, floor))
+
+
+class GuardedRecon:
+    """A ``SliceMethod`` (``recon.pipeline``): the guarded reconstruction of the module doc."""
+
+    uses_noise_std = True
+
+    def __init__(self, diffusion: DiffusionRecon, options: GuardOptions = GuardOptions()):
+        self.diffusion = diffusion
+        self.options = options
+        self.candidates = ["diffusion"] + [f"l1-wavelet:{lam:g}" for lam in options.l1_grid] + ["sense"]
+
+    def describe(self) -> dict:
+        return {"guard": asdict(self.options)}
+
+    def _classical(self, name: str, k, mask, maps) -> torch.Tensor:
+        o = self.options
+        if name == "sense":
+            return baselines.cg_sense(k, mask, maps, iters=o.sense_iters, lam=o.sense_lambda)
+        lam = float(name.split(":", 1)[1])
+        return baselines.l1_wavelet(k, mask, maps, lam=lam, iters=o.l1_iters)
+
+    def __call__(self, k, mask, maps, ctx) -> SliceResult:
+        return self.batch([(k, mask, maps, ctx)])[0]
+
+    def batch(self, items: list[tuple]) -> list[SliceResult]:
+        o = self.options
+        splits = [selfval.split_mask(m, o.fraction, derive_seed(ctx["file"], ctx["slice"], "guard", o.seed), o.folds)
+                  for _, m, _, ctx in items]
+        full = self.diffusion.batch(items)
+        held: dict[tuple[int, int], SliceResult] = {}  # (item, fold) -> diffusion without the fold's lines
+        for f in range(o.folds):
+            idx = [n for n, s in enumerate(splits) if s]
+            if idx:
+                red = [(items[n][0] * splits[n][f].recon_mask, splits[n][f].recon_mask, items[n][2], items[n][3])
+                       for n in idx]
+                for n, r in zip(idx, self.diffusion.batch(red)):
+                    held[(n, f)] = r
+        return [self._decide(items[n], splits[n], full[n], [held.get((n, f)) for f in range(o.folds)])
+                for n in range(len(items))]
+
+    def _decide(self, item, splits, full: SliceResult, held_runs: list) -> SliceResult:
+        k, mask, maps, ctx = item
+        o = self.options
+        sigma = float(ctx["noise_std"])
+        diff_std = full.extra.get("reconstruction_std")
+        extra = {"reconstruction_diffusion": full.image.abs()}
+        if diff_std is not None:
+            extra["reconstruction_diffusion_std"] = diff_std
+        if not splits:
+            info = {"choice": "diffusion", "reason": "no held-out lines possible (only the calibration block is "
+                    "sampled): unguarded", "ood_flag": None}
+            if diff_std is not None:
+                extra["reconstruction_std"] = diff_std
+            return SliceResult(full.image, extra, info=info)
+        held = {c: 0.0 for c in self.candidates}  # held-out error energy (noise subtracted), summed over folds
+        direct = {c: 0.0 for c in self.candidates}  # stratified estimate outside the mask, mean over folds
+        predicted, n_val = 0.0, 0  # what the diffusion posterior (without the fold) predicts on the held-out lines
+        noise = 0.0  # the noise energy expected on the held-out lines
+        for split, hd in zip(splits, held_runs):
+            kr = k * split.recon_mask
+            xs = {"diffusion": hd.image}
+            for c in self.candidates[1:]:
+                xs[c] = self._classical(c, kr, split.recon_mask, maps)
+            for c, x in xs.items():
+                v = selfval.validation_error(k, maps, split, x, sigma)
+                held[c] += float(v["error"])
+                direct[c] += float(v["unmeasured"]) / len(splits)
+            noise += v["noise"]
+            predicted += selfval.posterior_predicted(hd.samples, maps, split) if hd.samples is not None else math.nan
+            n_val += split.n_val
+        unmeasured = (mask.reshape(-1) == 0).cpu()
+        spread_out = float(selfval.spread_energy(full.samples, maps, tuple(mask.shape))[unmeasured].sum()) \
+            if full.samples is not None else math.nan
+        energy = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
+        if not all(math.isfinite(e) for e in energy.values()):  # one posterior sample: no spread to lean on
+            energy = direct
+        shape = tuple(k.shape[-2:])
+        peak = float(full.image.abs().max())
+        mse = {c: selfval.estimated_mse(e, shape) for c, e in energy.items()}
+        est = {c: selfval.estimated_psnr(v, peak) for c, v in mse.items()}
+        # the choice compares held-out errors on the same lines (the ratio estimate ranks them the same way)
+        choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
+        classical = {c: e for c, e in held.items() if c != "diffusion"}
+        best_c = min(classical, key=classical.get)
+        # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)
+        ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
+        ratio = held["diffusion"] / predicted if predicted > 0 and math.isfinite(predicted) else math.nan
+        flag = bool(ood_db > o.flag_db or (math.isfinite(ratio) and ratio > o.flag_ratio))
+        if choice == "diffusion":
+            image = full.image
+            reason = (f"diffusion: held-out error {ood_db:+.2f} dB against the best classical ({best_c})")
+        else:
+            name, _, lam = choice.partition(":")
+            image = self._classical(choice, k, mask, maps)
+            reason = (f"{name}{f' (weight {lam})' if lam else ''}: its held-out error is {ood_db:.2f} dB below "
+                      "the diffusion posterior's")
+        if diff_std is not None:
+            scale = math.sqrt(max(1.0, ratio)) if math.isfinite(ratio) else 1.0
+            std = diff_std * scale
+            if choice != "diffusion":
+                std = torch.sqrt(std ** 2 + (image - full.image).abs() ** 2)
+            extra["reconstruction_std"] = std
+        info = {"choice": choice, "reason": reason, "ood_flag": flag, "ood_db": ood_db, "calibration_ratio": ratio,
+                "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
+                "held_out_error": held, "direct_estimate": direct, "predicted_held_out": predicted,
+                "predicted_unmeasured": spread_out}
+        return SliceResult(image, extra, info=info)
