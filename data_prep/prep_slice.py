@@ -48,11 +48,15 @@ _NOISE: dict[int, torch.Tensor] = {}  # file index -> noise covariance, per proc
 
 
 def set_job(job: Job, threads: int | None = None) -> None:
-    """Install the job in this process (the pool's initializer; ``threads``: torch threads of a worker)."""
+    """Install the job in this process (the pool's initializer; ``threads``: torch threads of a worker process,
+    which also leaves Ctrl-C to the parent: it stops the pool and the run resumes later)."""
     global _JOB
     _JOB = job
     _NOISE.clear()
     if threads is not None:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(threads)
 
 
