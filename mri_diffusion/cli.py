@@ -440,7 +440,9 @@ def mock_fastmri(out_dir, source, volumes, files, slices, recon, oversampling, w
 @click.option("--quiet", is_flag=True)
 @friendly_errors
 def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, device, quiet):
-    """Train a denoiser D(x, sigma) (dsm, gsure or ambient; with views: view models, then the residual). Multi-GPU: torchrun --nproc_per_node=N $(which mridiff) train ..."""
+    """Train a denoiser D(x, sigma) (dsm, gsure, ambient or tweedie; with views: view models, then the residual;
+    with an sfbd section: clean pretraining, then rounds of posterior draws and DSM fine-tuning). Multi-GPU:
+    torchrun --nproc_per_node=N $(which mridiff) train ..."""
     from mri_diffusion.config import TrainConfig
 
     from mri_diffusion.config import ConfigError
@@ -460,8 +462,14 @@ def train(config_path, data_dir, out_dir, overrides, resume, minutes, dry_run, d
     from mri_diffusion.train.stages import train_prior
 
     setup_torch()
-    res = train_prior(cfg, data_dir, out_dir, resume=resume, device=_device(device), progress=not quiet,
-                      minutes=minutes)
+    if cfg.sfbd is not None:  # SFBD samples posteriors in its backward step: recon's samplers (recon/sfbd.py)
+        from recon.sfbd import train_sfbd
+
+        res = train_sfbd(cfg, data_dir, out_dir, resume=resume, device=_device(device), progress=not quiet,
+                         minutes=minutes, log=lambda m: click.echo(f"==> {m}", err=True))
+    else:
+        res = train_prior(cfg, data_dir, out_dir, resume=resume, device=_device(device), progress=not quiet,
+                          minutes=minutes)
     if res.get("stopped_in"):
         click.echo(f"stopped in stage {res['stopped_in']} (time budget); run again with --resume to continue")
         return

@@ -159,6 +159,81 @@ class ViewConfig:
 
 
 @dataclass(frozen=True)
+class SFBDConfig:
+    """SFBD (Lu, Wu, Yu 2025, Stochastic Forward-Backward Deconvolution; ``recon/sfbd.py``): a few fully sampled
+    scans plus many undersampled ones. Pretrain with DSM on the clean scans (or start from ``init``, e.g. a GSURE
+    prior), then ``rounds`` x (backward: one posterior draw per undersampled training scan with the current EMA
+    model; forward: DSM fine-tuning on the clean scans plus these draws for ``steps_per_round`` steps).
+
+    The clean set is ``clean_files`` (source file names, i.e. volumes) or ``clean_fraction`` of the files
+    (rounded, at least one, drawn with ``seed``); the other files' fully sampled targets are never read."""
+
+    clean_fraction: float | None = None
+    clean_files: tuple[str, ...] = ()
+    pretrain_steps: int = 1000
+    rounds: int = 3
+    steps_per_round: int = 500
+    sampler: str = "dds"
+    sampler_steps: int | None = None   # None: the sampler's default
+    posterior_mean: bool = False       # False: one posterior sample per scan and round (the paper)
+    samples: int = 4                   # draws averaged when posterior_mean
+    batch_slices: int = 8              # scans sampled together in the backward step
+    init: str | None = None            # start from this checkpoint instead of clean pretraining
+    seed: int = 0
+
+    def validate(self) -> None:
+        has_frac, has_files = self.clean_fraction is not None, bool(self.clean_files)
+        _check(has_frac != has_files or (not has_frac and not has_files and self.init is not None),
+               "sfbd.clean_fraction / sfbd.clean_files", (self.clean_fraction, self.clean_files),
+               "give exactly one of them (or neither, with sfbd.init)")
+        if has_frac:
+            _check(0 < float(self.clean_fraction) < 1, "sfbd.clean_fraction", self.clean_fraction, "must be in (0, 1)")
+        for key in ("rounds", "steps_per_round", "samples", "batch_slices"):
+            _check(int(getattr(self, key)) >= 1, f"sfbd.{key}", getattr(self, key), "must be >= 1")
+        _check(int(self.pretrain_steps) >= (0 if self.init else 1), "sfbd.pretrain_steps", self.pretrain_steps,
+               "must be >= 1 (0 only with sfbd.init)")
+        _check(self.sampler_steps is None or int(self.sampler_steps) >= 1, "sfbd.sampler_steps", self.sampler_steps,
+               "must be >= 1 or null")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "SFBDConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"sfbd: expected a mapping, got {d!r}")
+        _no_unknown(d, cls, "sfbd.")
+        kw = dict(d)
+        types = {"clean_fraction": (float, True), "pretrain_steps": (int, False), "rounds": (int, False),
+                 "steps_per_round": (int, False), "sampler": (str, False), "sampler_steps": (int, True),
+                 "posterior_mean": (bool, False), "samples": (int, False), "batch_slices": (int, False),
+                 "init": (str, True), "seed": (int, False)}
+        for k, (t, nullable) in types.items():
+            if k not in kw or (kw[k] is None and nullable):
+                continue
+            v = kw[k]
+            if t is float and isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                try:
+                    kw[k] = float(v)
+                    continue
+                except ValueError:
+                    pass
+            ok = isinstance(v, t) and not (t is int and isinstance(v, bool))
+            if not ok:
+                raise ConfigError(f"sfbd.{k} = {v!r}: expected {t.__name__}{' or null' if nullable else ''}")
+        if "clean_files" in kw:
+            files = kw["clean_files"] or []
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise ConfigError(f"sfbd.clean_files = {files!r}: expected a list of file names")
+            kw["clean_files"] = tuple(files)
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["clean_files"] = list(self.clean_files)
+        return out
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     name: str = "run"
     loss: str = "gsure"
@@ -169,6 +244,7 @@ class TrainConfig:
     views: tuple[ViewConfig, ...] = ()  # view models: then ``net`` is the residual r_theta's network
     residual: bool = True               # views: learn the residual score (False: views alone, no training)
     residual_weight: float = 0.0        # views: weight of the residual regulariser (nn/composed.py)
+    sfbd: SFBDConfig | None = None      # SFBD recipe (recon/sfbd.py): the forward step trains with ``loss`` = dsm
 
     def __post_init__(self):
         _check(self.loss in LOSSES, "loss", self.loss, f"must be one of {LOSSES}")
@@ -178,6 +254,9 @@ class TrainConfig:
         _check(self.residual_weight >= 0, "residual_weight", self.residual_weight, "must be >= 0")
         names = [v.name for v in self.views]
         _check(len(set(names)) == len(names), "views", names, "view names must be unique")
+        if self.sfbd is not None:
+            _check(self.loss == "dsm", "loss", self.loss, "sfbd's forward step is denoising score matching: use dsm")
+            _check(not self.views, "views", len(self.views), "sfbd does not combine with view models")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], legacy: bool = False) -> "TrainConfig":
@@ -199,6 +278,8 @@ class TrainConfig:
                 kw["residual_weight"] = float(rw)
             except (TypeError, ValueError):
                 raise ConfigError(f"residual_weight = {rw!r}: expected a number") from None
+        if d.get("sfbd") is not None:
+            kw["sfbd"] = SFBDConfig.from_dict(d["sfbd"])
         try:
             kw["net"] = NetConfig.from_dict(d.get("net"))
         except ValueError as e:
@@ -241,6 +322,8 @@ class TrainConfig:
             out["residual"] = self.residual
             out["residual_weight"] = self.residual_weight
             out["views"] = [v.to_dict() for v in self.views]
+        if self.sfbd is not None:  # plain priors keep the dict (and hash) they always had
+            out["sfbd"] = self.sfbd.to_dict()
         return out
 
     def to_yaml(self) -> str:

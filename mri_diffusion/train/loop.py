@@ -157,11 +157,13 @@ def _trim_log(path: Path, last_step: int) -> None:
 
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: bool = False,
           device: torch.device = torch.device("cpu"), progress: bool = True, minutes: float | None = None,
-          tensorboard: bool = True, model: nn.Module | None = None) -> dict:
+          tensorboard: bool = True, model: nn.Module | None = None, init: str | Path | None = None) -> dict:
     """Train per ``cfg`` on a prepared set; writes ``out_dir/{config.yaml, log.csv, tb/, checkpoint.pt}``.
 
     ``model``: the denoiser to train (default ``EDMDenoiser(cfg.net)``); view-composed priors pass their
     ``ViewComposedDenoiser`` (``train.stages``), whose frozen parameters the optimiser leaves alone.
+    ``init``: a checkpoint whose weights and EMA start the run (fine-tuning, e.g. SFBD's rounds); the optimiser
+    and the step count start afresh. Ignored when resuming (the run's own checkpoint wins).
 
     Returns {'step', 'checkpoint', 'losses'} (the per-step mean losses of this process).
     """
@@ -195,6 +197,13 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["step"])
+    elif init is not None:
+        ck = load_checkpoint(init)
+        try:
+            denoiser.load_state_dict(ck["model"])
+            ema.load_state_dict(ck["ema"])
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"{init}: its network does not match this config's net ({str(e).splitlines()[0]})") from None
     if dist.main:
         (out_dir / "config.yaml").write_text(cfg.to_yaml())
         _trim_log(out_dir / "log.csv", start)
