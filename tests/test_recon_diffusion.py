@@ -74,6 +74,15 @@ def test_recon_auto_guard_end_to_end(tiny_prior, tmp_path):
     from recon.evaluation.load import guard_note, read_slice_info
 
     assert guard_note(read_slice_info(out / "t.h5", 1)).startswith("guard chose ")
+    r = CliRunner().invoke(main, ["evaluate", "--pred", str(out), "--target", str(f.parent), "--out",
+                                  str(tmp_path / "ev")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "metrics_slices.csv")))
+    assert [row["guard_choice"] for row in rows] == [i["choice"] for i in infos]
+    assert [row["ood_flag"] for row in rows] == [str(int(i["ood_flag"])) for i in infos]
+    assert "guard chose" in (tmp_path / "ev" / "report.html").read_text()
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "sense",
                                   "--guard-folds", "3"])
     assert r.exit_code == 2 and "--guard-folds applies to --method auto only" in r.output

@@ -48,6 +48,7 @@ class Prediction:
     mask: Optional[np.ndarray]
     first_slices: Optional[int]
     samples: Optional[int]
+    slice_info: Optional[list] = None  # per-slice records of a guarded reconstruction (attr 'slice_info')
 
     @property
     def std_matches(self) -> bool:
@@ -91,11 +92,12 @@ def read_prediction(item: Item) -> Prediction:
         first = f.attrs.get("first_slices")
         samples = int(f.attrs["samples"]) if "samples" in f.attrs else None
         mask = _mask(f)
+        info = _slice_info(f.attrs.get("slice_info"))
     if np.iscomplexobj(rec):
         raise EvaluationError(f"{path}: 'reconstruction' is complex ({rec.dtype}); expected magnitude images")
     if rec.ndim != 3:
         raise EvaluationError(f"{path}: 'reconstruction' must be (slices, H, W), got shape {rec.shape}")
-    return Prediction(item, rec, std, mask, None if first is None else int(first), samples)
+    return Prediction(item, rec, std, mask, None if first is None else int(first), samples, info)
 
 
 def scored_target(gt: np.ndarray, pred: Prediction) -> np.ndarray:
@@ -127,19 +129,24 @@ def read_slice(path: Path, key: str, index: int) -> np.ndarray:
         return f[key][index]
 
 
-def read_slice_info(path: Path, index: int) -> Optional[dict]:
-    """The per-slice record of a guarded reconstruction (attr ``slice_info``, ``recon.guard``) or None."""
+def _slice_info(raw) -> Optional[list]:
+    """The attr ``slice_info`` (JSON list, one record or null per slice) or None when absent or unreadable."""
     import json
 
-    with h5py.File(path, "r") as f:
-        raw = f.attrs.get("slice_info")
     if raw is None:
         return None
     try:
         infos = json.loads(raw)
     except ValueError:
         return None
-    return infos[index] if isinstance(infos, list) and 0 <= index < len(infos) else None
+    return infos if isinstance(infos, list) else None
+
+
+def read_slice_info(path: Path, index: int) -> Optional[dict]:
+    """The per-slice record of a guarded reconstruction (attr ``slice_info``, ``recon.guard``) or None."""
+    with h5py.File(path, "r") as f:
+        infos = _slice_info(f.attrs.get("slice_info"))
+    return infos[index] if infos is not None and 0 <= index < len(infos) else None
 
 
 def guard_note(info: Optional[dict]) -> str:

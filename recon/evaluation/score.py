@@ -44,10 +44,14 @@ def score_pair(target: Target, pred: Prediction, protocol: str, allow_nan: bool)
         raise EvaluationError(f"cannot score {item.path} against {target.path}: {exc}") from None
     vol = dict(base, slices=gt_c.shape[0], valid=True, note="", **vol_m)
     sl = []
+    infos = pred.slice_info or []
     for i in range(gt_c.shape[0]):
         vals = {k: float(per[k][i]) for k in M.METRIC_NAMES}
         defined = not any(math.isnan(v) for v in vals.values())
-        sl.append(dict(base, slice=i, valid=defined,
+        info = infos[i] if i < len(infos) and isinstance(infos[i], dict) else {}
+        guard = {"guard_choice": info.get("choice", ""), "ood_flag": "" if info.get("ood_flag") is None
+                 else int(bool(info["ood_flag"]))}
+        sl.append(dict(base, slice=i, valid=defined, **guard,
                        note="" if defined else "undefined for this slice (e.g. all-zero target slice)",
                        **{k: None if math.isnan(v) else v for k, v in vals.items()}))
     return vol, sl
