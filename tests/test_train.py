@@ -239,3 +239,27 @@ def test_export_prior_and_builtin(prepared, tmp_path, monkeypatch):
     monkeypatch.setitem(priors.SHIPPED, "builtin", dst)
     assert load_denoiser("builtin")[1].name == cfg.name
     assert load_denoiser("builtin-colin27")[1].loss == "gsure"  # the mismatched-prior fixture ships too
+
+
+def test_each_torchrun_rank_takes_its_local_gpu(monkeypatch):
+    """Under torchrun a CUDA run puts rank r on GPU LOCAL_RANK (a plain 'cuda' device is GPU 0 for all ranks);
+    checked without GPUs by standing in for torch.distributed and torch.cuda.set_device."""
+    import torch.distributed as td
+
+    from mri_diffusion.train import loop
+
+    chosen, groups = [], []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(td, "is_initialized", lambda: False)
+    monkeypatch.setattr(td, "init_process_group", lambda backend: groups.append(backend))
+    monkeypatch.setattr(td, "get_rank", lambda: 3)
+    monkeypatch.setattr(td, "get_world_size", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(d))
+    dist, dev = loop._init_dist(torch.device("cuda"))
+    assert dev == torch.device("cuda", 3) and chosen == [dev] and groups == ["nccl"]
+    assert (dist.rank, dist.world, dist.main) == (3, 4, False)
+    dist, dev = loop._init_dist(torch.device("cpu"))
+    assert dev == torch.device("cpu") and groups[-1] == "gloo"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert loop._init_dist(torch.device("cuda")) == (loop.Dist(), torch.device("cuda"))

@@ -57,15 +57,21 @@ class Dist:
         return self.rank == 0
 
 
-def _init_dist(device: torch.device) -> Dist:
+def _init_dist(device: torch.device) -> tuple[Dist, torch.device]:
+    """(rank and world size, this process's device). Under torchrun (WORLD_SIZE > 1) every rank of a CUDA run
+    takes GPU ``LOCAL_RANK`` (a plain ``cuda`` device would put every rank on GPU 0) and joins the NCCL group;
+    CPU runs use gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
+        return Dist(), device
     import torch.distributed as td
 
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not td.is_initialized():
         td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(td.get_rank(), td.get_world_size())
+    return Dist(td.get_rank(), td.get_world_size()), device
 
 
 class LossModule(nn.Module):
@@ -170,7 +176,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, resume: b
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    dist = _init_dist(device)
+    dist, device = _init_dist(device)
     torch.set_flush_denormal(True)
     data = PreparedDataset(data_dir, with_targets=cfg.loss == "dsm")
     ckpt_path = out_dir / "checkpoint.pt"
