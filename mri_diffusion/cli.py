@@ -174,6 +174,9 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
               help="--method auto: disjoint held-out sets (each costs one more posterior run).")
 @click.option("--guard-l1-grid", default="3e-4,1e-3,3e-3", show_default=True,
               help="--method auto: L1-wavelet weights tried per slice (chosen by held-out error).")
+@click.option("--guard-mode", type=click.Choice(["blend", "choose"]), default="blend", show_default=True,
+              help="--method auto: blend = alpha x posterior + (1 - alpha) x best classical, alpha fitted on the "
+              "held-out lines; choose = the candidate with the smallest held-out error.")
 @click.option("--guard-flag-db", type=Number(), default=0.0, show_default=True,
               help="--method auto: flag a slice when the diffusion's held-out error exceeds the best classical "
               "one by more than this (dB).")
@@ -185,11 +188,11 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
 def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
-          guard_folds, guard_l1_grid, guard_flag_db, guard_flag_ratio):
+          guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
-    guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_flag_db", "guard_flag_ratio")
+    guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio")
     refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
                                 "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
                                 "l1_iters": ("l1-wavelet", "auto"), **{k: ("auto",) for k in guard_keys}})
@@ -211,7 +214,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
                 grid = tuple(float(v) for v in guard_l1_grid.split(","))
                 gopts = GuardOptions(fraction=guard_fraction, folds=guard_folds, l1_grid=grid, l1_iters=l1_iters,
                                      sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
-                                     flag_ratio=guard_flag_ratio, seed=seed)
+                                     flag_ratio=guard_flag_ratio, mode=guard_mode, seed=seed)
             except ValueError as e:
                 raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded
@@ -225,8 +228,8 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
             fn = GuardedRecon(fn, gopts)
             settings = {**settings, **fn.describe()}
             attrs = {**attrs, "guard": json.dumps(fn.describe()["guard"])}
-            what += (f"; guarded: {gopts.folds} fold(s) of {gopts.fraction:g} of the lines outside the centre held "
-                     f"out, candidates {', '.join(fn.candidates)}")
+            what += (f"; guarded ({gopts.mode}): {gopts.folds} fold(s) of {gopts.fraction:g} of the lines outside the "
+                     f"centre held out, candidates {', '.join(fn.candidates)}")
     else:
         params = {"sense": {"sense_iters": sense_iters, "sense_lambda": sense_lambda},
                   "l1-wavelet": {"l1_iters": l1_iters, "l1_lambda": l1_lambda}}.get(method, {})

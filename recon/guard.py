@@ -8,12 +8,16 @@ where L1-wavelet and CG-SENSE degrade gracefully. Per slice (``recon.selfval`` f
    by (file, slice, seed));
 2. reconstruct from the rest with every candidate: the diffusion posterior (K samples), L1-wavelet at each
    weight of ``l1_grid`` (the weight is chosen per slice by validation, never by ground truth) and CG-SENSE;
-3. score each by its held-out error (``selfval.validation_error``, noise subtracted, summed over folds) and pick
-   the smallest; ties go to the earlier candidate (diffusion first). Each candidate's whole-image PSNR is also
-   estimated (``est_psnr``: ``selfval.ratio_estimate`` with the posterior spread as auxiliary variable; the
-   stratified direct estimate with one posterior sample);
-4. refit the chosen method on all measured lines (the diffusion posterior is always refit: it is the unguarded
-   result, written as ``reconstruction_diffusion`` with its raw std ``reconstruction_diffusion_std``).
+3. score each by its held-out error (``selfval.validation_error``, noise subtracted, summed over folds). Mode
+   ``blend`` (default): the best classical candidate is mixed with the posterior mean, x = alpha x_diffusion +
+   (1 - alpha) x_classical, alpha in [0, 1] minimising the held-out error of the mix (``selfval.blend_weight``:
+   one number fitted on all held-out lines, unbiased by their noise); alpha = 1 is the unguarded posterior,
+   alpha = 0 the classical reconstruction. Mode ``choose``: the candidate with the smallest held-out error (ties:
+   diffusion first). Each candidate's whole-image PSNR is also estimated (``est_psnr``:
+   ``selfval.ratio_estimate`` with the posterior spread as auxiliary variable; the stratified direct estimate
+   with one posterior sample);
+4. refit on all measured lines (the diffusion posterior is always refit: it is the unguarded result, written as
+   ``reconstruction_diffusion`` with its raw std ``reconstruction_diffusion_std``).
 
 The out-of-distribution flag (``ood_flag``) fires when the held-out lines say the prior is unsafe on this slice:
 the diffusion's held-out error exceeds the best classical one by more than ``flag_db`` dB (``ood_db``), or it
@@ -56,11 +60,15 @@ class GuardOptions:
     sense_lambda: float = 1e-2
     flag_db: float = 0.0        # flag when diffusion's held-out error > best classical's by this many dB
     flag_ratio: float = 4.0     # flag when diffusion's held-out error > this x its posterior-predicted error
+    mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
+                                # choose: the candidate with the smallest held-out error
     seed: int = 0
 
     def __post_init__(self):
         if not 0 < self.fraction < 0.5:
             raise ValueError(f"guard fraction must be in (0, 0.5), got {self.fraction}")
+        if self.mode not in ("blend", "choose"):
+            raise ValueError(f"guard mode must be 'blend' or 'choose', got {self.mode!r}")
         if self.folds < 1 or not self.l1_grid or min(self.l1_grid) <= 0:
             raise ValueError(f"guard needs folds >= 1 and positive L1 weights, got {self.folds}, {self.l1_grid}")
 
@@ -128,6 +136,7 @@ class GuardedRecon:
         direct = {c: 0.0 for c in self.candidates}  # stratified estimate outside the mask, mean over folds
         predicted, n_val = 0.0, 0  # what the diffusion posterior (without the fold) predicts on the held-out lines
         noise = 0.0  # the noise energy expected on the held-out lines
+        resid: dict[str, list] = {c: [] for c in self.candidates}  # held-out residual vectors, per fold
         for split, hd in zip(splits, held_runs):
             kr = k * split.recon_mask
             xs = {"diffusion": hd.image}
@@ -137,30 +146,43 @@ class GuardedRecon:
                 v = selfval.validation_error(k, maps, split, x, sigma)
                 held[c] += float(v["error"])
                 direct[c] += float(v["unmeasured"]) / len(splits)
+                resid[c].append(selfval.held_out_residual(k, maps, split, x))
             noise += v["noise"]
             predicted += selfval.posterior_predicted(hd.samples, maps, split) if hd.samples is not None else math.nan
             n_val += split.n_val
         unmeasured = (mask.reshape(-1) == 0).cpu()
         spread_out = float(selfval.spread_energy(full.samples, maps, tuple(mask.shape))[unmeasured].sum()) \
             if full.samples is not None else math.nan
-        energy = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
-        if not all(math.isfinite(e) for e in energy.values()):  # one posterior sample: no spread to lean on
-            energy = direct
-        shape = tuple(k.shape[-2:])
-        peak = float(full.image.abs().max())
-        mse = {c: selfval.estimated_mse(e, shape) for c, e in energy.items()}
-        est = {c: selfval.estimated_psnr(v, peak) for c, v in mse.items()}
-        # the choice compares held-out errors on the same lines (the ratio estimate ranks them the same way)
-        choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
         classical = {c: e for c, e in held.items() if c != "diffusion"}
         best_c = min(classical, key=classical.get)
+        r_d, r_c = torch.cat(resid["diffusion"]), torch.cat(resid[best_c])
+        alpha = selfval.blend_weight(r_d, r_c)
+        held["blend"] = float(((alpha * r_d + (1 - alpha) * r_c).abs() ** 2).sum()) - noise  # in-sample (1 parameter)
+        energy = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
+        if not all(math.isfinite(e) for e in energy.values()):  # one posterior sample: no spread to lean on
+            energy = {**direct, "blend": math.nan}
+        shape = tuple(k.shape[-2:])
+        peak = float(full.image.abs().max())
+        mse = {c: selfval.estimated_mse(e, shape) if math.isfinite(e) else math.nan for c, e in energy.items()}
+        est = {c: selfval.estimated_psnr(v, peak) if math.isfinite(v) else math.nan for c, v in mse.items()}
+        # choose: the smallest held-out error on the same lines (the ratio estimate ranks them the same way);
+        # blend: the weight alpha that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_best
+        if o.mode == "choose":
+            choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
+            alpha = 1.0 if choice == "diffusion" else 0.0
+        else:
+            choice = "diffusion" if alpha >= 1 else best_c if alpha <= 0 else "blend"
         # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)
         ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
         ratio = held["diffusion"] / predicted if predicted > 0 and math.isfinite(predicted) else math.nan
         flag = bool(ood_db > o.flag_db or (math.isfinite(ratio) and ratio > o.flag_ratio))
         if choice == "diffusion":
             image = full.image
-            reason = (f"diffusion: held-out error {ood_db:+.2f} dB against the best classical ({best_c})")
+            reason = f"diffusion: held-out error {ood_db:+.2f} dB against the best classical ({best_c})"
+        elif choice == "blend":
+            image = alpha * full.image + (1 - alpha) * self._classical(best_c, k, mask, maps)
+            reason = (f"blend {alpha:.2f} x diffusion + {1 - alpha:.2f} x {best_c}: the held-out lines' best mix "
+                      f"(diffusion alone {ood_db:+.2f} dB against {best_c})")
         else:
             name, _, lam = choice.partition(":")
             image = self._classical(choice, k, mask, maps)
@@ -172,7 +194,8 @@ class GuardedRecon:
             if choice != "diffusion":
                 std = torch.sqrt(std ** 2 + (image - full.image).abs() ** 2)
             extra["reconstruction_std"] = std
-        info = {"choice": choice, "reason": reason, "ood_flag": flag, "ood_db": ood_db, "calibration_ratio": ratio,
+        info = {"choice": choice, "alpha": alpha, "blend_with": best_c, "reason": reason, "ood_flag": flag,
+                "ood_db": ood_db, "calibration_ratio": ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
                 "held_out_error": held, "direct_estimate": direct, "predicted_held_out": predicted,
                 "predicted_unmeasured": spread_out}

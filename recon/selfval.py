@@ -157,6 +157,25 @@ def validation_error(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch
             "signal": signal, "noise": split.n_val * noise}
 
 
+def held_out_residual(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch.Tensor) -> torch.Tensor:
+    """r = y - F S x on the held-out positions only, flattened (complex): the vector whose energy
+    ``validation_error`` measures (for the blend weight, ``blend_weight``)."""
+    v = split.val_mask.reshape(split.val_mask.shape[-2:]).to(y.device).bool().expand(y.shape[-2:])
+    return (y - _predict(x, maps))[..., v].reshape(-1)
+
+
+def blend_weight(r_a: torch.Tensor, r_b: torch.Tensor) -> float:
+    """alpha in [0, 1] minimising ||alpha r_a + (1 - alpha) r_b||^2: the held-out residual of the blend
+    alpha x_a + (1 - alpha) x_b (residuals are affine in x). Both residuals carry the same measurement noise,
+    which cancels in r_a - r_b, so alpha = Re<r_b, r_b - r_a> / ||r_b - r_a||^2 (clipped) is not pulled by it;
+    1 when the two predictions agree."""
+    d = r_b - r_a
+    den = float((d.abs() ** 2).sum())
+    if den <= 0:
+        return 1.0
+    return min(1.0, max(0.0, float(torch.real((r_b.conj() * d).sum())) / den))
+
+
 def spread_energy(samples: torch.Tensor, maps: torch.Tensor, mask_shape: tuple[int, ...]) -> torch.Tensor:
     """Per k-space position (the mask's (h, w): whole lines for 1-D masks), the error energy that K posterior
     ``samples`` (K, H, W) predict for their mean: s_j^2 (1 + 1/K), s_j^2 = sum_k ||F S (x_k - m)||_j^2 / (K - 1)

@@ -64,7 +64,8 @@ def test_recon_auto_guard_end_to_end(tiny_prior, tmp_path):
         infos = json.loads(h.attrs["slice_info"])
         assert len(infos) == 2 and h.attrs["method"] == "auto-tiny"
         for i, info in enumerate(infos):
-            assert info["choice"] in ("diffusion", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense")
+            assert info["choice"] in ("diffusion", "blend", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense")
+            assert 0 <= info["alpha"] <= 1
             assert isinstance(info["ood_flag"], bool) and info["folds"] == 2 and info["reason"]
             assert set(info["est_psnr"]) == {"diffusion", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense"}
             if info["choice"] == "diffusion":
