@@ -67,7 +67,7 @@ def test_recon_auto_guard_end_to_end(tiny_prior, tmp_path):
             assert info["choice"] in ("diffusion", "blend", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense")
             assert 0 <= info["alpha"] <= 1
             assert isinstance(info["ood_flag"], bool) and info["folds"] == 2 and info["reason"]
-            assert set(info["est_psnr"]) == {"diffusion", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense"}
+            assert set(info["est_psnr"]) == {"diffusion", "blend", "l1-wavelet:0.001", "l1-wavelet:0.01", "sense"}
             if info["choice"] == "diffusion":
                 np.testing.assert_allclose(h["reconstruction"][i], h["reconstruction_diffusion"][i], rtol=1e-5)
         assert h.attrs["ood_flags"] == sum(i["ood_flag"] for i in infos)
