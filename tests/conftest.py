@@ -106,6 +106,20 @@ def write_multicoil(path: Path, slices: int = 3, coils: int = 4, h: int = 72, w:
     return path
 
 
+def make_prepared(root: Path, files: int = 2, slices: int = 3, h: int = 40, w: int = 48, shard_size: int = 4) -> Path:
+    """A prepared set (acceleration 3, centre fraction 0.16) of ``files`` small multi-coil volumes ``vol_i.h5``
+    under ``root``: sources in root/src, the set in root/set (returned)."""
+    from data_prep.prepare import PrepConfig, prepare
+
+    src = root / "src"
+    src.mkdir()
+    for i in range(files):
+        write_multicoil(src / f"vol_{i}.h5", slices=slices, coils=4, h=h, w=w, noise=0.02, seed=10 * i)
+    prepare([src], root / "set", PrepConfig(acceleration=3.0, center_fraction=0.16, shard_size=shard_size),
+            progress=False)
+    return root / "set"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of many small ops: as fast, and immune to oversubscription on a busy

@@ -15,7 +15,7 @@ from mri_diffusion.data import PreparedDataset
 from mri_diffusion.train.checkpoint import load_checkpoint, load_denoiser
 from recon.sfbd import clean_split, slice_ids, train_sfbd
 
-from .conftest import write_multicoil
+from .conftest import make_prepared, write_multicoil
 from .test_train import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from data_prep.prepare import PrepConfig, prepare
-
-    d = tmp_path_factory.mktemp("sfbd")
-    src = d / "src"
-    src.mkdir()
-    for i in range(3):
-        write_multicoil(src / f"vol_{i}.h5", slices=2, coils=4, h=32, w=40, noise=0.02, seed=10 * i)
-    prepare([src], d / "set", PrepConfig(acceleration=3.0, center_fraction=0.16, shard_size=4), progress=False)
-    return d / "set"
+    return make_prepared(tmp_path_factory.mktemp("sfbd"), files=3, slices=2, h=32, w=40)
 
 
 def sfbd_cfg(**sfbd):

@@ -15,7 +15,7 @@ from mri_diffusion.config import ConfigError, TrainConfig
 from mri_diffusion.train import CheckpointError, load_checkpoint, load_denoiser
 from mri_diffusion.train.loop import TrainingError, train
 
-from .conftest import write_multicoil
+from .conftest import make_prepared, write_multicoil
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "train" / "tiny.yaml"
@@ -23,15 +23,7 @@ TINY = ROOT / "configs" / "train" / "tiny.yaml"
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from data_prep.prepare import PrepConfig, prepare
-
-    d = tmp_path_factory.mktemp("prep")
-    src = d / "src"
-    src.mkdir()
-    for i in range(2):
-        write_multicoil(src / f"vol_{i}.h5", slices=3, coils=4, h=40, w=48, noise=0.02, seed=10 * i)
-    prepare([src], d / "set", PrepConfig(acceleration=3.0, center_fraction=0.16, shard_size=4), progress=False)
-    return d / "set"
+    return make_prepared(tmp_path_factory.mktemp("prep"))
 
 
 def tiny(**over):
