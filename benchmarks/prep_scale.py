@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -38,17 +39,27 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished children (the pool's workers)."""
+    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, ch.ru_utime + ch.ru_stime
+
+
 def run_once(raw: Path, out: Path, cfg: PrepConfig, workers: int, threads: int) -> dict:
+    """One prep run: wall time, rate, and CPU seconds of the parent and of the workers (a machine shared with
+    other jobs stretches the wall time; the CPU seconds say what the work costs)."""
     shutil.rmtree(out, ignore_errors=True)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        t0 = time.monotonic()
+        c0, t0 = _cpu(), time.monotonic()
         m = prepare([raw], out, cfg, progress=False, workers=workers)
-        wall = time.monotonic() - t0
+        wall, c1 = time.monotonic() - t0, _cpu()
     finally:
         torch.set_num_threads(before)
+    parent, children = c1[0] - c0[0], c1[1] - c0[1]
     return {"workers": workers, "threads": threads, "wall_s": wall, "rate": m["num_slices"] / wall,
+            "cpu_parent_s": parent, "cpu_workers_s": children, "cpu_s": parent + children,
             "loop_rate": m["run"]["slices_per_s"], "sha": [s["sha256"] for s in m["shards"]], "manifest": m}
 
 
@@ -87,8 +98,15 @@ def main(argv=None) -> int:
             res["load_before"] = load
             runs.append(res)
             print(f"  repeat {r}: {workers} worker(s) x {threads} thread(s): {res['wall_s']:.1f} s, "
-                  f"{res['rate']:.3f} slices/s (1-min load average before: {load:.2f})", flush=True)
+                  f"{res['rate']:.3f} slices/s; CPU {res['cpu_s']:.1f} s (parent {res['cpu_parent_s']:.1f} s) "
+                  f"(1-min load average before: {load:.2f})", flush=True)
     same = all(x["sha"] == runs[0]["sha"] for x in runs)
+    cpu = {k: statistics.median(x["cpu_s"] for x in runs if (x["workers"], x["threads"]) == k)
+           for k in ((1, 1), (a.workers, 1))}
+    parent = statistics.median(x["cpu_parent_s"] for x in runs if x["workers"] == a.workers and x["threads"] == 1)
+    # on an idle machine with one core per worker: the workers' CPU seconds split over N cores, the parent's
+    # share (reading results, writing shards) on top as if it never overlapped (a lower bound of the speed-up)
+    idle_bound = cpu[(1, 1)] / ((cpu[(a.workers, 1)] - parent) / a.workers + parent)
     rate = {k: statistics.median(x["rate"] for x in runs if (x["workers"], x["threads"]) == k)
             for k in ((1, 1), (a.workers, 1), (1, a.workers))}
     m = runs[0]["manifest"]
@@ -107,6 +125,8 @@ def main(argv=None) -> int:
                          f"1 worker x {a.workers} threads": rate[(1, a.workers)]},
         "per_worker_slices_per_s": best / a.workers,
         "speedup_workers": best / rate[(1, 1)], "speedup_threads": rate[(1, a.workers)] / rate[(1, 1)],
+        "cpu_s": {"1 worker": cpu[(1, 1)], f"{a.workers} workers (total)": cpu[(a.workers, 1)],
+                  f"{a.workers} workers: parent": parent}, "speedup_idle_lower_bound": idle_bound,
         "identical_shards": same, "load_before": [round(x["load_before"], 2) for x in runs], "bytes_per_slice": disk["bytes_per_slice"],
         "raw_bytes_per_slice_at_matrix": disk["raw_bytes_per_slice_at_matrix"],
         "prepared_over_raw": disk["prepared_over_raw"], "prepared_over_raw_files": disk["bytes"] / raw_bytes,
@@ -120,6 +140,8 @@ def main(argv=None) -> int:
     print(f"{'configuration':<26}{'slices/s':>10}{'per worker':>12}{'vs 1 worker':>13}")
     for k, v in rate.items():
         print(f"{f'{k[0]} worker(s) x {k[1]} thread(s)':<26}{v:>10.3f}{v / k[0]:>12.3f}{v / rate[(1, 1)]:>12.2f}x")
+    print(f"CPU seconds: 1 worker {cpu[(1, 1)]:.1f} s; {a.workers} workers {cpu[(a.workers, 1)]:.1f} s in all "
+          f"(parent {parent:.1f} s): on {a.workers} idle cores at least {idle_bound:.2f}x (CPU-time bound)")
     print(f"shards identical across runs: {same}")
     print(f"disk: {disk['bytes_per_slice'] / 1e6:.2f} MB/slice; raw k-space at the training matrix "
           f"{disk['raw_bytes_per_slice_at_matrix'] / 1e6:.2f} MB/slice (complex64, physical coils): prepared / raw = "

@@ -7,12 +7,14 @@ seed), times the measured columns; or the file's own mask brought along), then t
 and the shard row (k-space, mask, density, maps, noise level, scale; targets in the same coils).
 
 Everything here is a pure function of (file, slice, configuration): a slice comes out the same in any process,
-which is what makes ``prep --workers N`` give the set of one worker (``data_prep.parallel``).
+and a task writes its own shard (``data_prep.shards``), which is what makes ``prep --workers N`` give the set of
+one worker (``data_prep.parallel``) while the parent only records what the workers wrote.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,14 +27,14 @@ from mri_diffusion.physics.views import LowResView, centre_slices
 
 from .fastmri_h5 import DataError, Volume, iter_kspace, noise_covariance
 from .geometry import FilePlan
-from .shards import encode_chunk
+from .shards import ShardWriter, encode_chunk
 
 
 @dataclass
 class Job:
     """What every task needs (sent once to each worker): the configuration (``prepare.PrepConfig``), the accepted
     files, their geometry plans (None for view sets), per-file densities (1, 1, Wt), the view geometry, whether
-    targets are kept, the device."""
+    targets are kept, the output folder, the device."""
 
     cfg: object
     vols: list[Volume]
@@ -40,6 +42,7 @@ class Job:
     densities: list[np.ndarray]
     geo: dict | None
     with_targets: bool
+    out_dir: Path
     device: str = "cpu"
 
 
@@ -60,22 +63,24 @@ def set_job(job: Job, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-def run_task(task: tuple[int, int, int]) -> tuple[int, list[tuple]]:
-    """Slices [start, stop) of file ``fi`` -> (fi, [("row", i, row) | ("skip", i, {"id", "reason"})] in slice
-    order)."""
-    fi, start, stop = task
+def run_task(task: tuple[int, int, int, int]) -> dict:
+    """Task k = shard k: slices [start, stop) of file ``fi`` -> the shard file(s), written here. Returns what the
+    parent records: {task, fi, stop, entry, target_entry (None: no slice), rows, skipped [{id, reason, task}]}."""
+    index, fi, start, stop = task
     job = _JOB
     vol = job.vols[fi]
-    out = []
-    for i, k_np in iter_kspace(vol, stop, start=start):
-        if not np.any(k_np):
-            out.append(("skip", i, {"id": f"{vol.name}:{i}", "reason": "all-zero"}))
-        else:
+    skipped = []
+    with ShardWriter(job.out_dir, index, stop - start, job.with_targets) as w:
+        for i, k_np in iter_kspace(vol, stop, start=start):
+            if not np.any(k_np):
+                skipped.append({"id": f"{vol.name}:{i}", "reason": "all-zero", "task": index})
+                continue
             row = _prepare_slice(job, fi, i, k_np) if job.geo is None else _prepare_view_slice(job, fi, i, k_np)
             if job.cfg.compress:
-                row["kspace"] = encode_chunk(row["kspace"])  # compressed here, in parallel; the parent copies bytes
-            out.append(("row", i, row))
-    return fi, out
+                row["kspace"] = encode_chunk(row["kspace"])  # compressed here, in the worker
+            w.add(row)
+    return {"task": index, "fi": fi, "stop": stop, "entry": w.entry, "target_entry": w.target_entry,
+            "rows": len(w.ids), "skipped": skipped}
 
 
 def _noise_cov(job: Job, fi: int) -> torch.Tensor | None:

@@ -32,10 +32,13 @@ factor sqrt(H W / (h w)), so that a view image equals V applied to the normalise
 (the SENSE-combined view image) are kept, the view being fully sampled: view models train with ``dsm``.
 The manifest's ``view`` entry records kind, full and view shapes.
 
-Scale: ``workers`` processes prepare runs of slices in parallel (``data_prep.parallel``, results in file order,
-so the set is the one a single worker writes, bit for bit); memory stays at a few runs of slices whatever the
-number of files; progress over files and slices. The manifest's ``run`` entry holds the rate (slices/s, per
+Scale: ``workers`` processes prepare and write shards in parallel (``data_prep.parallel``, results recorded in
+file order, so the set is the one a single worker writes, bit for bit); a worker holds one slice at a time, the
+parent only metadata, whatever the number of files; progress over files and slices. The manifest's ``run`` entry holds the rate (slices/s, per
 worker) and ``disk`` the bytes per slice and the ratio to the raw k-space at the training matrix.
+
+Shards: a shard holds consecutive slices of one file (at most ``shard_size``) and is written by the worker that
+prepares them (``data_prep.shards``); the parent records them in file order.
 
 Resume: ``manifest.partial.json`` records the finished shards after each one; a re-run with the same
 configuration continues after the last finished shard (``data_prep.shards``), with any number of workers.
@@ -62,9 +65,6 @@ from mri_diffusion.physics.views import parse_view, view_shape_for
 from . import geometry, prep_slice, shards
 from .fastmri_h5 import DataError, Volume, list_h5, open_volume
 from .parallel import ordered_map
-
-SLICES_PER_TASK = 4  # slices of one file per worker task
-
 
 @dataclass(frozen=True)
 class PrepConfig:
@@ -229,14 +229,15 @@ def view_geometry(cfg: PrepConfig, file_shape: tuple[int, int], path) -> dict | 
             "fraction": [vshape[0] / full[0], vshape[1] / full[1]], "scale_acs_width": acs_w}
 
 
-def _tasks(sources: list[dict], cursor: tuple[int, int]):
-    """(file, start, stop) runs of at most SLICES_PER_TASK slices after the resume cursor, in file order."""
-    for fi, src in enumerate(sources):
-        if fi < cursor[0]:
-            continue
-        first = cursor[1] + 1 if fi == cursor[0] else 0
-        for a in range(first, src["used_slices"], SLICES_PER_TASK):
-            yield fi, a, min(a + SLICES_PER_TASK, src["used_slices"])
+def _record(out_dir: Path, state: dict, res: dict) -> None:
+    """Record a finished task (its shard, if it wrote one) in the partial manifest: the resume point."""
+    if res["entry"] is not None:
+        state["shards"].append({**res["entry"], "task": res["task"]})
+        if res["target_entry"] is not None:
+            state["target_shards"].append(res["target_entry"])
+    state["skipped"].extend(res["skipped"])
+    state["tasks_done"] = res["task"] + 1
+    atomic_write_text(out_dir / PARTIAL_MANIFEST, json.dumps(state, indent=1), overwrite=True)
 
 
 def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), overwrite: bool = False,
@@ -262,8 +263,8 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
     state = shards.resume_state(out_dir, config_hash, overwrite)
     if state is None:
         state = {"format_version": FORMAT_VERSION, "config_hash": config_hash,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "shards": [], "target_shards": [],
-                 "cursors": [], "skipped": []}
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tasks_done": 0, "shards": [],
+                 "target_shards": [], "skipped": []}
     geo = view_geometry(cfg, vols[0].shape, vols[0].path)
     with_targets = cfg.keep_targets and (geo is not None or all(v.mask is None for v in vols))
     if cfg.keep_targets and not with_targets and any(v.mask is None for v in vols):
@@ -279,63 +280,44 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
         base = sampler.density((H, W)).numpy().astype(np.float32)
         densities = [base if plan.support() is None else (base * plan.support()).astype(np.float32)
                      for plan in plans]
-    job = prep_slice.Job(cfg, vols, plans, densities, geo, with_targets, str(device))
+    job = prep_slice.Job(cfg, vols, plans, densities, geo, with_targets, out_dir, str(device))
 
-    cursor = tuple(state["cursors"][-1]) if state["cursors"] else (-1, -1)
-    total = sum(s["used_slices"] for s in sources)
-    done = sum(1 for fi, s in enumerate(sources) for i in range(s["used_slices"]) if (fi, i) <= cursor)
-    files_done = sum(1 for fi, s in enumerate(sources) if (fi, s["used_slices"] - 1) <= cursor)
-    rows: list[dict] = []
-    pending_skips: list[dict] = []
-
-    def flush(pos):
-        entry, tentry = shards.write_shard(out_dir, len(state["shards"]), rows, with_targets)
-        state["shards"].append(entry)
-        if tentry is not None:
-            state["target_shards"].append(tentry)
-        state["cursors"].append(list(pos))
-        state["skipped"].extend(pending_skips)
-        pending_skips.clear()
-        rows.clear()
-        atomic_write_text(out_dir / PARTIAL_MANIFEST, json.dumps(state, indent=1), overwrite=True)
-
+    tasks = shards.shard_tasks([s["used_slices"] for s in sources], cfg.shard_size)
+    first = state["tasks_done"]
+    done = sum(t[3] - t[2] for t in tasks[:first])
+    files_done = sum(1 for t in tasks[:first] if t[3] == sources[t[1]]["used_slices"])
     fbar = tqdm(total=len(sources), initial=files_done, desc="prep files", unit="file", disable=not progress,
                 position=0)
-    bar = tqdm(total=total, initial=done, desc="prep slices", unit="slice", disable=not progress, position=1)
+    bar = tqdm(total=sum(s["used_slices"] for s in sources), initial=done, desc="prep slices", unit="slice",
+               disable=not progress, position=1)
     t0, n_new = time.monotonic(), 0
     start_method = "spawn" if device.type == "cuda" else None
     try:
-        results = ordered_map(prep_slice.run_task, _tasks(sources, cursor), workers, prep_slice.set_job,
+        results = ordered_map(prep_slice.run_task, tasks[first:], workers, prep_slice.set_job,
                               (job, 1 if workers > 1 else None), start_method=start_method)
-        for fi, items in results:
-            for kind, i, item in items:
-                if kind == "skip":
-                    warnings.warn(f"{vols[fi].path}: slice {i} is all zero; skipped")
-                    pending_skips.append({**item, "pos": [fi, i]})
-                else:
-                    rows.append(item)
-                    n_new += 1
-                bar.update(1)
-                if i == sources[fi]["used_slices"] - 1:
-                    fbar.update(1)
-                if len(rows) == cfg.shard_size:
-                    flush((fi, i))
-        if rows:
-            flush((len(sources) - 1, sources[-1]["used_slices"] - 1))
+        for res in results:  # in task order: the partial manifest always describes a prefix of the tasks
+            _record(out_dir, state, res)
+            for sk in res["skipped"]:
+                warnings.warn(f"{vols[res['fi']].path}: slice {sk['id'].rsplit(':', 1)[1]} is all zero; skipped")
+            n_new += res["rows"]
+            task = tasks[res["task"]]
+            bar.update(task[3] - task[2])
+            if res["stop"] == sources[res["fi"]]["used_slices"]:
+                fbar.update(1)
     finally:
         bar.close()
         fbar.close()
     elapsed = time.monotonic() - t0
 
     num_slices = sum(s["num_slices"] for s in state["shards"])
-    skipped = state["skipped"] + pending_skips
+    skipped = state["skipped"]
     if num_slices == 0:
         raise DataError(f"no usable slices in {inputs} ({len(skipped)} all-zero slices skipped)")
     manifest = {
         "format_version": FORMAT_VERSION, "mri_diffusion_version": __version__, "created": state["created"],
         "sources": sources, "config": config, "config_hash": config_hash, "image_shape": [H, W],
         "num_coils": C, "num_slices": num_slices, "mask_shape": list(densities[0].shape),
-        "shards": state["shards"], "has_targets": with_targets,
+        "shards": [{k: v for k, v in e.items() if k != "task"} for e in state["shards"]], "has_targets": with_targets,
         "target_shards": state["target_shards"] if with_targets else [],
         "skipped": [{"id": s["id"], "reason": s["reason"]} for s in skipped],
         "refused": [{k: r[k] for k in ("file", "slices", "reason")} for r in refused],

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import data_prep.shards as shards_mod
+import data_prep.prepare as prep_mod
 from data_prep.fastmri_h5 import DataError, open_volume
 from data_prep.geometry import FilePlan, plan_file
 from data_prep.mock_fastmri import MockConfig, mock_folder, phantom, write_mock_file
@@ -168,22 +168,22 @@ def test_two_workers_bit_identical_to_one_and_resume(mixed, folder, tmp_path, mo
     assert _sha(two) == _sha(ref) and two["run"]["workers"] == 2
     strip = lambda m: {k: v for k, v in m.items() if k not in ("created", "run")}  # noqa: E731
     assert strip(two) == strip(ref)
-    real, calls = shards_mod.write_shard, {"n": 0}
+    real, calls = prep_mod._record, {"n": 0}
 
-    def failing(*a, **k):
+    def failing(*a, **k):  # Ctrl-C in the parent after the first shard was recorded
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(shards_mod, "write_shard", failing)
+    monkeypatch.setattr(prep_mod, "_record", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare([folder / "raw"], tmp_path / "res", CFG, progress=False, workers=2)
     part = json.loads((tmp_path / "res" / "manifest.partial.json").read_text())
-    assert [s["name"] for s in part["shards"]] == ["shard_00000.h5"] and part["cursors"] == [[1, 0]]
-    monkeypatch.setattr(shards_mod, "write_shard", real)
+    assert [s["name"] for s in part["shards"]] == ["shard_00000.h5"] and part["tasks_done"] == 1
+    monkeypatch.setattr(prep_mod, "_record", real)
     resumed = prepare([folder / "raw"], tmp_path / "res", CFG, progress=False, workers=2)
-    assert resumed["run"]["slices_this_run"] == 5 and _sha(resumed) == _sha(ref)
+    assert resumed["run"]["slices_this_run"] == 6 and _sha(resumed) == _sha(ref)  # 9 slices, 3 were done
 
 
 def test_noise_scan_prewhitens_the_coils(tmp_path):

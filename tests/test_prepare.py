@@ -58,7 +58,7 @@ def test_manifest_fields(prepared):
     assert m["sources"][0]["num_slices"] == 3 and m["sources"][0]["shape"] == [C, H, W]
     assert m["config"] == asdict(cfg) and len(m["config_hash"]) == 64
     assert (m["image_shape"], m["num_coils"], m["num_slices"]) == ([H, W], C, 6)
-    assert [s["num_slices"] for s in m["shards"]] == [4, 2] and m["has_targets"] and m["skipped"] == []
+    assert [s["num_slices"] for s in m["shards"]] == [3, 3] and m["has_targets"] and m["skipped"] == []  # one file each
     for s in m["shards"]:
         assert hashlib.sha256((out / "shards" / s["name"]).read_bytes()).hexdigest() == s["sha256"]
     assert "99th percentile of the ACS-only RSS image" in m["scale_rule"] and "MAD" in m["noise_rule"]
@@ -67,16 +67,16 @@ def test_manifest_fields(prepared):
 def test_shard_contents(prepared):
     out, m, _, _ = prepared
     with h5py.File(out / "shards" / "shard_00000.h5", "r") as f:
-        expect = {"kspace": ((4, C, H, W), np.complex64), "maps": ((4, C, H, W), np.complex64),
-                  "mask": ((4, 1, 1, W), np.float32), "density": ((4, 1, 1, W), np.float32),
-                  "noise_std": ((4,), np.float32), "scale": ((4,), np.float32)}
+        expect = {"kspace": ((3, C, H, W), np.complex64), "maps": ((3, C, H, W), np.complex64),
+                  "mask": ((3, 1, 1, W), np.float32), "density": ((3, 1, 1, W), np.float32),
+                  "noise_std": ((3,), np.float32), "scale": ((3,), np.float32)}
         for key, (shape, dtype) in expect.items():
             assert f[key].shape == shape and f[key].dtype == dtype, key
-        assert [i.decode() for i in f["ids"][()]] == ["vol_a.h5:0", "vol_a.h5:1", "vol_a.h5:2", "vol_b.h5:0"]
+        assert [i.decode() for i in f["ids"][()]] == ["vol_a.h5:0", "vol_a.h5:1", "vol_a.h5:2"]
         assert "target" not in f
     with h5py.File(out / "targets" / "shard_00001.h5", "r") as f:
-        assert f["target"].shape == (2, H, W) and f["target"].dtype == np.complex64
-        assert f["rss"].shape == (2, H, W) and f["rss"].dtype == np.float32
+        assert f["target"].shape == (3, H, W) and f["target"].dtype == np.complex64
+        assert f["rss"].shape == (3, H, W) and f["rss"].dtype == np.float32
 
 
 def test_masks_per_slice_seeded_and_kspace_masked(prepared):
@@ -146,7 +146,7 @@ def test_targets_consistent_with_measurements(prepared):
         resid = (A(it["target"][None])[0] - it["kspace"]) * it["mask"]
         rms = float(torch.sqrt(torch.sum(torch.abs(resid) ** 2) / (C * H * it["mask"].sum())))
         assert rms < 1.5 * NOISE * np.sqrt(2) / float(it["scale"])  # A S^H y = y up to noise
-    rss = _read(out / "targets" / "shard_00001.h5", "rss")[0] * float(ds[4]["scale"])
+    rss = _read(out / "targets" / "shard_00001.h5", "rss")[1] * float(ds[4]["scale"])  # shard 1 = vol_b
     assert ds[4]["id"] == "vol_b.h5:1"
     assert np.allclose(rss, rss_file[1], rtol=1e-4, atol=1e-6)  # reconstruction_rss in normalised units
     batch = collate([ds[0], ds[1]])
@@ -192,25 +192,25 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     files = [_small(tmp_path, "a.h5", seed=1), _small(tmp_path, "b.h5", seed=2)]
     cfg = PrepConfig(shard_size=2)
     ref = prepare(files, tmp_path / "ref", cfg, progress=False)
-    assert len(ref["shards"]) == 3
+    assert [s["ids"] for s in ref["shards"]] == [["a.h5:0", "a.h5:1"], ["a.h5:2"], ["b.h5:0", "b.h5:1"], ["b.h5:2"]]
 
-    real_write, real_slice = shards_mod.write_shard, slice_mod._prepare_slice
-    calls = {"write": 0, "slice": 0}
+    real_slice = slice_mod._prepare_slice
+    calls = {"slice": 0}
 
-    def failing_write(*a, **k):
-        calls["write"] += 1
-        if calls["write"] == 2:
+    def interrupted(*a, **k):  # Ctrl-C while the second shard is being written
+        calls["slice"] += 1
+        if calls["slice"] == 3:
             raise KeyboardInterrupt
-        return real_write(*a, **k)
+        return real_slice(*a, **k)
 
-    monkeypatch.setattr(shards_mod, "write_shard", failing_write)
+    monkeypatch.setattr(slice_mod, "_prepare_slice", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(files, out, cfg, progress=False)
     assert not (out / "manifest.json").exists()
     partial = json.loads((out / "manifest.partial.json").read_text())
-    assert [s["name"] for s in partial["shards"]] == ["shard_00000.h5"]
-    assert not (out / "shards" / "shard_00001.h5").exists()
+    assert [s["name"] for s in partial["shards"]] == ["shard_00000.h5"] and partial["tasks_done"] == 1
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard_00000.h5"]  # no half-written shard
     before = (out / "shards" / "shard_00000.h5").stat().st_mtime_ns
 
     with pytest.raises(ValueError, match="different configuration"):
@@ -220,7 +220,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
         calls["slice"] += 1
         return real_slice(*a, **k)
 
-    monkeypatch.setattr(shards_mod, "write_shard", real_write)
+    calls["slice"] = 0
     monkeypatch.setattr(slice_mod, "_prepare_slice", counting_slice)
     final = prepare(files, out, cfg, progress=False)
     assert calls["slice"] == 4  # the two slices of the finished shard were not redone
