@@ -60,6 +60,7 @@ def run_once(raw: Path, out: Path, cfg: PrepConfig, workers: int, threads: int) 
     parent, children = c1[0] - c0[0], c1[1] - c0[1]
     return {"workers": workers, "threads": threads, "wall_s": wall, "rate": m["num_slices"] / wall,
             "cpu_parent_s": parent, "cpu_workers_s": children, "cpu_s": parent + children,
+            "cpu_s_parent": m["run"]["cpu_s_parent"],
             "loop_rate": m["run"]["slices_per_s"], "sha": [s["sha256"] for s in m["shards"]], "manifest": m}
 
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--coils", default="16,20,12")
     ap.add_argument("--virtual-coils", type=int, default=8)
     ap.add_argument("--matrix", default=None, help="HxW (default: from the headers)")
-    ap.add_argument("--files", type=int, default=6)
+    ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--slices", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
@@ -101,20 +102,24 @@ def main(argv=None) -> int:
                   f"{res['rate']:.3f} slices/s; CPU {res['cpu_s']:.1f} s (parent {res['cpu_parent_s']:.1f} s) "
                   f"(1-min load average before: {load:.2f})", flush=True)
     same = all(x["sha"] == runs[0]["sha"] for x in runs)
-    cpu = {k: statistics.median(x["cpu_s"] for x in runs if (x["workers"], x["threads"]) == k)
-           for k in ((1, 1), (a.workers, 1))}
-    parent = statistics.median(x["cpu_parent_s"] for x in runs if x["workers"] == a.workers and x["threads"] == 1)
-    # on an idle machine with one core per worker: the workers' CPU seconds split over N cores, the parent's
-    # share (reading results, writing shards) on top as if it never overlapped (a lower bound of the speed-up)
-    idle_bound = cpu[(1, 1)] / ((cpu[(a.workers, 1)] - parent) / a.workers + parent)
     rate = {k: statistics.median(x["rate"] for x in runs if (x["workers"], x["threads"]) == k)
             for k in ((1, 1), (a.workers, 1), (1, a.workers))}
+    cpu = {k: statistics.median(x["cpu_s"] for x in runs if (x["workers"], x["threads"]) == k)
+           for k in ((1, 1), (a.workers, 1))}
+    parent = statistics.median(x["cpu_s_parent"] for x in runs if x["workers"] == a.workers and x["threads"] == 1)
+    # what the measured CPU seconds predict on idle cores: the tasks' CPU times scheduled on N workers in the
+    # pool's order, plus the parent's CPU time as if it never overlapped (prepare's run.idle_estimate_s)
+    est = {k: statistics.median(x["manifest"]["run"]["idle_estimate_s"][str(k[0])] for x in runs
+                                if (x["workers"], x["threads"]) == k) for k in ((1, 1), (a.workers, 1))}
+    idle_ratio = est[(1, 1)] / est[(a.workers, 1)]
     m = runs[0]["manifest"]
     n, disk = m["num_slices"], m["disk"]
     H, W = m["image_shape"]
     best = rate[(a.workers, 1)]
     hours = BRAIN_TRAIN_SLICES / best / 3600
     hours1 = BRAIN_TRAIN_SLICES / rate[(1, 1)] / 3600
+    cpu_slice = statistics.median(x["manifest"]["run"]["cpu_s_tasks"] / n for x in runs)
+    cpu_hours = BRAIN_TRAIN_SLICES * cpu_slice / 3600  # CPU-hours on one core; / N on N idle cores
     tb = BRAIN_TRAIN_SLICES * disk["bytes_per_slice"] / 1e12
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {platform.platform()}",
@@ -126,12 +131,15 @@ def main(argv=None) -> int:
         "per_worker_slices_per_s": best / a.workers,
         "speedup_workers": best / rate[(1, 1)], "speedup_threads": rate[(1, a.workers)] / rate[(1, 1)],
         "cpu_s": {"1 worker": cpu[(1, 1)], f"{a.workers} workers (total)": cpu[(a.workers, 1)],
-                  f"{a.workers} workers: parent": parent}, "speedup_idle_lower_bound": idle_bound,
+                  f"{a.workers} workers: parent": parent}, "idle_estimate_s": {str(k): v for k, v in est.items()},
+        "speedup_idle_estimate": idle_ratio,
         "identical_shards": same, "load_before": [round(x["load_before"], 2) for x in runs], "bytes_per_slice": disk["bytes_per_slice"],
         "raw_bytes_per_slice_at_matrix": disk["raw_bytes_per_slice_at_matrix"],
         "prepared_over_raw": disk["prepared_over_raw"], "prepared_over_raw_files": disk["bytes"] / raw_bytes,
-        "projection": {"slices": BRAIN_TRAIN_SLICES, f"hours_{a.workers}_workers": hours, "hours_1_worker": hours1,
-                       "TB": tb},
+        "cpu_s_per_slice": cpu_slice,
+        "projection": {"slices": BRAIN_TRAIN_SLICES, f"hours_{a.workers}_workers_measured": hours,
+                       "hours_1_worker_measured": hours1, "cpu_hours": cpu_hours,
+                       f"hours_{a.workers}_idle_cores": cpu_hours / a.workers, "TB": tb},
     }
     print(f"\nmachine: {out['machine']}")
     print(f"mock folder: {a.files} files, {n} slices, k-space {a.oversampling * recon[0]} x {a.widths} "
@@ -141,13 +149,16 @@ def main(argv=None) -> int:
     for k, v in rate.items():
         print(f"{f'{k[0]} worker(s) x {k[1]} thread(s)':<26}{v:>10.3f}{v / k[0]:>12.3f}{v / rate[(1, 1)]:>12.2f}x")
     print(f"CPU seconds: 1 worker {cpu[(1, 1)]:.1f} s; {a.workers} workers {cpu[(a.workers, 1)]:.1f} s in all "
-          f"(parent {parent:.1f} s): on {a.workers} idle cores at least {idle_bound:.2f}x (CPU-time bound)")
+          f"(parent {parent:.2f} s); the tasks' CPU times scheduled on idle cores: {est[(1, 1)]:.1f} s vs "
+          f"{est[(a.workers, 1)]:.1f} s = {idle_ratio:.2f}x")
     print(f"shards identical across runs: {same}")
     print(f"disk: {disk['bytes_per_slice'] / 1e6:.2f} MB/slice; raw k-space at the training matrix "
           f"{disk['raw_bytes_per_slice_at_matrix'] / 1e6:.2f} MB/slice (complex64, physical coils): prepared / raw = "
           f"{disk['prepared_over_raw']:.2f}x (vs the raw files incl. oversampling: {out['prepared_over_raw_files']:.2f}x)")
-    print(f"projection, fastMRI brain train split ({BRAIN_TRAIN_SLICES} slices, this slice geometry and coil mix, "
-          f"this CPU): {hours:.1f} h with {a.workers} workers ({hours1:.1f} h with one), {tb:.2f} TB")
+    print(f"projection, fastMRI brain train split ({BRAIN_TRAIN_SLICES} slices of this geometry and coil mix, this "
+          f"CPU): {cpu_slice:.2f} CPU-s/slice = {cpu_hours:.1f} CPU-hours, {cpu_hours / a.workers:.1f} h on "
+          f"{a.workers} idle cores ({cpu_hours / 16:.1f} h on 16); at the rate measured here {hours:.1f} h with "
+          f"{a.workers} workers ({hours1:.1f} h with one); disk {tb:.2f} TB")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
     return 0 if same else 1

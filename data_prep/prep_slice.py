@@ -13,6 +13,7 @@ one worker (``data_prep.parallel``) while the parent only records what the worke
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,11 @@ def set_job(job: Job, threads: int | None = None) -> None:
 
 def run_task(task: tuple[int, int, int, int]) -> dict:
     """Task k = shard k: slices [start, stop) of file ``fi`` -> the shard file(s), written here. Returns what the
-    parent records: {task, fi, stop, entry, target_entry (None: no slice), rows, skipped [{id, reason, task}]}."""
+    parent records: {task, fi, stop, entry, target_entry (None: no slice), rows, skipped [{id, reason, task}],
+    cpu_s (this process's CPU seconds for the task)}."""
     index, fi, start, stop = task
     job = _JOB
+    cpu0 = time.process_time()
     vol = job.vols[fi]
     skipped = []
     with ShardWriter(job.out_dir, index, stop - start, job.with_targets) as w:
@@ -80,7 +83,7 @@ def run_task(task: tuple[int, int, int, int]) -> dict:
                 row["kspace"] = encode_chunk(row["kspace"])  # compressed here, in the worker
             w.add(row)
     return {"task": index, "fi": fi, "stop": stop, "entry": w.entry, "target_entry": w.target_entry,
-            "rows": len(w.ids), "skipped": skipped}
+            "rows": len(w.ids), "skipped": skipped, "cpu_s": time.process_time() - cpu0}
 
 
 def _noise_cov(job: Job, fi: int) -> torch.Tensor | None:

@@ -290,7 +290,7 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
                 position=0)
     bar = tqdm(total=sum(s["used_slices"] for s in sources), initial=done, desc="prep slices", unit="slice",
                disable=not progress, position=1)
-    t0, n_new = time.monotonic(), 0
+    t0, n_new, cpu0, task_cpu = time.monotonic(), 0, time.process_time(), []
     start_method = "spawn" if device.type == "cuda" else None
     try:
         results = ordered_map(prep_slice.run_task, tasks[first:], workers, prep_slice.set_job,
@@ -300,6 +300,7 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
             for sk in res["skipped"]:
                 warnings.warn(f"{vols[res['fi']].path}: slice {sk['id'].rsplit(':', 1)[1]} is all zero; skipped")
             n_new += res["rows"]
+            task_cpu.append(res["cpu_s"])
             task = tasks[res["task"]]
             bar.update(task[3] - task[2])
             if res["stop"] == sources[res["fi"]]["used_slices"]:
@@ -307,7 +308,9 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
     finally:
         bar.close()
         fbar.close()
-    elapsed = time.monotonic() - t0
+    elapsed, parent_cpu = time.monotonic() - t0, time.process_time() - cpu0
+    if workers == 1:
+        parent_cpu -= sum(task_cpu)  # the tasks ran in this process
 
     num_slices = sum(s["num_slices"] for s in state["shards"])
     skipped = state["skipped"]
@@ -329,11 +332,25 @@ def prepare(inputs: list[Path], out_dir: Path, cfg: PrepConfig = PrepConfig(), o
         "disk": _disk(state, with_targets, sources, (H, W), num_slices),
         "run": {"workers": int(workers), "slices_this_run": n_new, "elapsed_s": round(elapsed, 3),
                 "slices_per_s": round(n_new / elapsed, 4) if elapsed > 0 and n_new else None,
-                "slices_per_s_per_worker": round(n_new / elapsed / workers, 4) if elapsed > 0 and n_new else None},
+                "slices_per_s_per_worker": round(n_new / elapsed / workers, 4) if elapsed > 0 and n_new else None,
+                "cpu_s_tasks": round(sum(task_cpu), 3), "cpu_s_parent": round(parent_cpu, 3),
+                "idle_estimate_s": {str(n): round(_makespan(task_cpu, n) + max(parent_cpu, 0.0), 3)
+                                    for n in (1, 2, 4, 8)}},
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1), overwrite=overwrite)
     (out_dir / PARTIAL_MANIFEST).unlink(missing_ok=True)
     return manifest
+
+
+def _makespan(costs: list[float], n: int) -> float:
+    """Wall seconds of tasks with these CPU costs on n idle cores, each task to the first free worker in task
+    order (the pool's queue): what the measured CPU time predicts for ``--workers n`` on an otherwise idle
+    machine (a shared machine stretches the measured wall time)."""
+    free = [0.0] * n
+    for c in costs:
+        i = free.index(min(free))
+        free[i] += c
+    return max(free)
 
 
 def _disk(state: dict, with_targets: bool, sources: list[dict], matrix: tuple[int, int], num_slices: int) -> dict:
