@@ -274,3 +274,27 @@ def test_workers_stream_with_a_bounded_window():
         got.append(r)
     assert got == [t * t for t in range(20)]
     assert list(ordered_map(_square, range(5), workers=1)) == [0, 1, 4, 9, 16]
+
+
+def test_a_files_own_mask_keeps_its_measured_lines_through_the_width_change(tmp_path):
+    """An undersampled file (its own 1-D mask) zero-padded 48 -> 56 in k-space: its mask is the file's, shifted by 4,
+    zero on the padded columns; every measured column holds the file's data (readout crop only), nothing else."""
+    from mri_diffusion.physics.masks import RandomMask
+
+    mask = RandomMask(4.0, 0.16).sample((96, 48), seed=1).reshape(-1).numpy()
+    raw = tmp_path / "raw"
+    write_mock_file(raw / "under.h5", np.stack([phantom(RECON, 7)]), 48, 4, MOCK, mask=mask)
+    write_mock_file(raw / "wide.h5", np.stack([phantom(RECON, 8)]), 56, 4, MOCK, mask=RandomMask(4.0, 0.16).sample(
+        (96, 56), seed=2).reshape(-1).numpy())
+    m = prepare([raw], tmp_path / "set", PrepConfig(acceleration=4.0, center_fraction=0.16), progress=False)
+    assert m["image_shape"] == [48, 56] and m["sources"][0]["mask_source"] == "file"
+    it = PreparedDataset(tmp_path / "set")[0]
+    assert it["id"] == "under.h5:0"
+    got = it["mask"].reshape(-1).numpy()
+    assert np.array_equal(got[4:52], mask) and not got[:4].any() and not got[52:].any()
+    with h5py.File(raw / "under.h5", "r") as f:
+        k = torch.from_numpy(f["kspace"][0])
+    ref = FilePlan((96, 48), (48, 48), 48).apply(k) / float(it["scale"])
+    cols = torch.from_numpy(mask > 0)
+    assert torch.allclose(it["kspace"][..., 4:52][..., cols], ref[..., cols], rtol=1e-5, atol=1e-6 * ref.abs().max())
+    assert not it["kspace"][..., 4:52][..., ~cols].any() and not it["kspace"][..., :4].any()
