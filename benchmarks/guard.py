@@ -139,7 +139,7 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             "diffusion_minus_l1": ci95(d_dl1), "flagged": float(flags.mean()), "diffusion_loses": int(loses.sum()),
             "flag_recall": float(flags[loses].mean()) if loses.any() else math.nan, "choices": choices,
             "spearman_est_vs_true": rho, "est_pairs": len(est),
-            "est_bias_db": float(np.mean(np.array(est) - np.array(true))) if est else math.nan,
+            "est_bias_db": float(np.mean([e - t for e, t in zip(est, true) if math.isfinite(e)])) if est else math.nan,
             "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
 
 
