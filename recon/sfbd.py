@@ -33,13 +33,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 
 from mri_diffusion.atomic import atomic_write_text
 from mri_diffusion.config import ConfigError, SFBDConfig, TrainConfig
-from mri_diffusion.data import MANIFEST, SHARD_DIR, TARGET_DIR, PreparedDataset, read_manifest, shard_name
+from data_prep.shards import ShardWriter
+from mri_diffusion.data import MANIFEST, SHARD_DIR, TARGET_DIR, PreparedDataset, read_manifest
 from mri_diffusion.train.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from mri_diffusion.train.loop import train
 
@@ -91,24 +91,15 @@ def write_set(src: PreparedDataset, dest: Path, indices: list[int], estimates: d
     shards, tshards = [], []
     for n0 in range(0, len(indices), shard_size):
         part = indices[n0:n0 + shard_size]
-        items = [src[i] for i in part]
-        targets = [torch.from_numpy(np.asarray(estimates[i])) if i in estimates else clean_reader[i]["target"]
-                   for i in part]
-        name = shard_name(len(shards))
-        ids = [it["id"] for it in items]
-        with h5py.File(tmp / SHARD_DIR / name, "w") as f:
-            for key in ("kspace", "mask", "density", "maps"):
-                f.create_dataset(key, data=torch.stack([it[key] for it in items]).numpy())
-            for key in ("noise_std", "scale"):
-                f.create_dataset(key, data=np.array([float(it[key]) for it in items], np.float32))
-            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        t = torch.stack(targets).to(torch.complex64).numpy()
-        with h5py.File(tmp / TARGET_DIR / name, "w") as f:
-            f.create_dataset("target", data=t)
-            f.create_dataset("rss", data=np.abs(t).astype(np.float32))
-            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        shards.append({"name": name, "num_slices": len(part), "ids": ids})
-        tshards.append({"name": name, "num_slices": len(part)})
+        with ShardWriter(tmp, len(shards), len(part), with_targets=True) as w:
+            for i in part:
+                it = src[i]
+                t = np.asarray(estimates[i]) if i in estimates else clean_reader[i]["target"].numpy()
+                w.add({**{k: it[k].numpy() for k in ("kspace", "mask", "density", "maps")},
+                       "noise_std": float(it["noise_std"]), "scale": float(it["scale"]), "id": it["id"],
+                       "target": t, "rss": np.abs(t)})
+        shards.append(w.entry)
+        tshards.append(w.target_entry)
     manifest = {k: v for k, v in src.manifest.items() if k not in ("shards", "target_shards", "num_slices")}
     manifest.update({"num_slices": len(indices), "shards": shards, "has_targets": True, "target_shards": tshards,
                      "sfbd": extra, "derived_from": str(src.root.resolve())})
