@@ -146,7 +146,7 @@ class GuardedRecon:
                 v = selfval.validation_error(k, maps, split, x, sigma)
                 held[c] += float(v["error"])
                 direct[c] += float(v["unmeasured"]) / len(splits)
-                resid[c].append(selfval.held_out_residual(k, maps, split, x))
+                resid[c].append(v["residual"].reshape(-1))
             noise += v["noise"]
             predicted += selfval.posterior_predicted(hd.samples, maps, split) if hd.samples is not None else math.nan
             n_val += split.n_val

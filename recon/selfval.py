@@ -141,7 +141,8 @@ def validation_error(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch
     unbiased for the error energy there. Returns tensors over the leading dims of x: ``error`` sum_j e_j,
     ``unmeasured`` sum_j weights_j e_j (the estimated error energy of all positions outside the mask, module
     doc), ``per_position`` (..., n_val); ``signal`` ||y_V||^2 minus the noise; ``noise`` the noise energy
-    expected on the held-out positions."""
+    expected on the held-out positions; ``residual`` r = y - F S x on the held-out entries (..., C, n) complex
+    (for the blend weight, ``blend_weight``)."""
     h = split.val_mask.shape[-2]
     idx = split.val_index.to(y.device)
 
@@ -151,17 +152,12 @@ def validation_error(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch
         return e.reshape(*e.shape[:-2], -1)[..., idx].double()
 
     noise = y.shape[-3] * (y.shape[-2] if h == 1 else 1) * float(noise_std) ** 2  # per position
-    per = at_positions(y - _predict(x, maps)) - noise
+    r = y - _predict(x, maps)
+    per = at_positions(r) - noise
     signal = float(at_positions(y).sum()) - split.n_val * noise
-    return {"error": per.sum(-1), "unmeasured": (per * split.weights.to(per.device)).sum(-1), "per_position": per,
-            "signal": signal, "noise": split.n_val * noise}
-
-
-def held_out_residual(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch.Tensor) -> torch.Tensor:
-    """r = y - F S x on the held-out positions only, flattened (complex): the vector whose energy
-    ``validation_error`` measures (for the blend weight, ``blend_weight``)."""
     v = split.val_mask.reshape(split.val_mask.shape[-2:]).to(y.device).bool().expand(y.shape[-2:])
-    return (y - _predict(x, maps))[..., v].reshape(-1)
+    return {"error": per.sum(-1), "unmeasured": (per * split.weights.to(per.device)).sum(-1), "per_position": per,
+            "signal": signal, "noise": split.n_val * noise, "residual": r[..., v]}
 
 
 def blend_weight(r_a: torch.Tensor, r_b: torch.Tensor) -> float:
