@@ -112,7 +112,8 @@ def simulate(ctx, source, out_dir, matrix, coils, snr_db, slice_step, chunk, gap
                f"noise std {summary['noise_std']:.3g}")
 
 
-DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options", "save_samples", "batch_slices")
+DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "rho", "samples", "sampler_options",
+                  "save_samples", "batch_slices")
 
 
 @main.command()
@@ -130,6 +131,11 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
 @click.option("--sampler", type=click.Choice(["dds", "dps", "pc", "langevin", "cg"]), default="dds", show_default=True,
               help="Posterior sampler; cg is the old name of dds (its data-consistency step is a CG solve).")
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Noise levels of the sampler (default: the sampler's own).")
+@click.option("--sigma-max", type=Number(low=0, low_open=True), default=None,
+              help="Highest noise level of the schedule (default: the sampler's own; dds 5). The 10-call dds recipe "
+                   "is --steps 10 --sigma-max 1 (BENCHMARKS.md, Few-step sampling).")
+@click.option("--sigma-min", type=Number(low=0, low_open=True), default=None, help="Lowest positive noise level (default: the sampler's own).")
+@click.option("--rho", type=Number(low=0, low_open=True), default=None, help="Curvature of the Karras schedule (dds, dps; default 7).")
 @click.option("--samples", type=POSITIVE_INT, default=4, show_default=True,
               help="Posterior samples per slice (mean + std; 1: no std).")
 @click.option("--sampler-option", "sampler_options", multiple=True,
@@ -185,7 +191,8 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "samples", "sampler_options"
               "its posterior spread predicts.")
 @click.pass_context
 @friendly_errors
-def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sampler_options, save_samples,
+def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, sigma_min, rho, samples, sampler_options,
+          save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
           guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio):
@@ -221,8 +228,15 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, samples, sam
             opts = parse_sampler_options(sampler, split_pairs(sampler_options, "--sampler-option"))
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--sampler-option") from None
+        try:  # the schedule too, before the prior is loaded
+            import torch
+
+            DiffusionRecon(torch.nn.Identity(), sampler, steps, samples, seed, save_samples, opts, sigma_max,
+                           sigma_min, rho)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
         net, cfg, ck = load_prior(checkpoint, dev)
-        fn = DiffusionRecon(net, sampler, steps, samples, seed, save_samples, opts)
+        fn = DiffusionRecon(net, sampler, steps, samples, seed, save_samples, opts, sigma_max, sigma_min, rho)
         settings, attrs, what = fn.describe(checkpoint, cfg, ck)
         if method == "auto":
             fn = GuardedRecon(fn, gopts)

@@ -83,13 +83,16 @@ class DiffusionRecon:
     seed: int = 0
     save_samples: bool = False
     options: dict = field(default_factory=dict)
+    sigma_max: float | None = None  # schedule overrides (None: the sampler's default, ``default_sigmas``)
+    sigma_min: float | None = None
+    rho: float | None = None
     uses_noise_std = True  # the samplers weigh the data by the noise level: the pipeline conditions it
 
     def __post_init__(self):
         if self.samples < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError(f"samples ({self.samples}) and steps ({self.steps}) must be >= 1")
         self.sampler = canonical_sampler(self.sampler)  # 'cg' -> 'dds'
-        self.sigmas = default_sigmas(self.sampler, self.steps)
+        self.sigmas = default_sigmas(self.sampler, self.steps, self.sigma_min, self.sigma_max, self.rho)
         self.fn = get_sampler(self.sampler)
 
     @property
@@ -107,9 +110,13 @@ class DiffusionRecon:
         settings = {"checkpoint": str(checkpoint), "prior_step": int(ck["step"]), "prior_config": cfg.hash(),
                     "sampler": self.sampler, "steps": steps, "samples": self.samples, "seed": self.seed,
                     "save_samples": self.save_samples, "sampler_options": opts}
+        if (self.sigma_max, self.sigma_min, self.rho) != (None, None, None):  # old fingerprints stay valid
+            settings["schedule"] = {"sigma_max": self.sigma_max, "sigma_min": self.sigma_min, "rho": self.rho}
         attrs = {"checkpoint": str(checkpoint), "prior": cfg.name, "sampler": self.sampler, "samples": self.samples,
-                 "steps": steps, "sampler_options": json.dumps(opts), "network_calls_per_sample": self.calls_per_sample}
-        what = (f"sampler {self.sampler}, {steps} steps, {self.samples} sample(s) per slice"
+                 "steps": steps, "sampler_options": json.dumps(opts), "network_calls_per_sample": self.calls_per_sample,
+                 "sigmas": json.dumps([round(float(v), 6) for v in self.sigmas])}
+        what = (f"sampler {self.sampler}, {steps} steps (sigma {float(self.sigmas[0]):g} -> {float(self.sigmas[-2]):g}), "
+                f"{self.samples} sample(s) per slice"
                 + (" (one sample: no reconstruction_std is written)" if self.samples == 1 else "")
                 + f", options {', '.join(f'{k}={v}' for k, v in opts.items())}")
         return settings, attrs, what

@@ -1,5 +1,7 @@
 """mridiff recon --method diffusion and the demo, end to end on tiny data."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -89,6 +91,27 @@ def test_recon_auto_guard_end_to_end(tiny_prior, tmp_path):
     assert r.exit_code == 2 and "--guard-folds applies to --method auto only" in r.output
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "auto"])
     assert r.exit_code == 2 and "--method auto needs --checkpoint" in r.output
+
+
+def test_recon_schedule_options(tiny_prior, tmp_path):
+    """--steps / --sigma-max / --sigma-min / --rho set the sampler's levels (recorded in the output), a wrong
+    schedule is refused before anything runs, and the options are refused for classical methods."""
+    ckpt, f = tiny_prior
+    base = ["recon", str(f), "--method", "diffusion", "--checkpoint", str(ckpt), "--samples", "1", "-R", "3",
+            "--center-fraction", "0.16", "--quiet"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "o"), "--steps", "4", "--sigma-max", "1",
+                                         "--sigma-min", "0.01", "--rho", "1"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "o" / "t.h5") as h:
+        assert np.allclose(json.loads(h.attrs["sigmas"]), [1.0, 0.67, 0.34, 0.01, 0.0])
+        assert h.attrs["network_calls_per_sample"] == 4
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), "--sigma-max", "0.001"])
+    assert r.exit_code == 2 and "sigma_min < sigma_max" in r.output and not (tmp_path / "x").exists()
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "x"), "--sampler", "pc", "--rho", "3"])
+    assert r.exit_code == 2 and "rho applies to Karras" in r.output
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "sense",
+                                  "--sigma-max", "1"])
+    assert r.exit_code == 2 and "--sigma-max applies to --method diffusion" in r.output
 
 
 def test_recon_diffusion_needs_checkpoint_and_refuses_nan(tiny_prior, tmp_path, monkeypatch):

@@ -402,6 +402,22 @@ def test_schedule_validation(prob):
         network_calls("nope", 3)
     s = default_sigmas("pc", 7)
     assert s.shape == (8,) and float(s[-1]) == 0 and bool((s[1:] < s[:-1]).all())
+    with pytest.raises(ValueError, match="rho applies to Karras"):
+        default_sigmas("pc", 7, rho=3.0)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        default_sigmas("dds", 5, sigma_min=2.0, sigma_max=1.0)
+
+
+def test_schedule_overrides():
+    """sigma_max / sigma_min / rho reach the Karras schedule: ends at the given levels, and rho = 1 is linear."""
+    s = default_sigmas("dds", 5, sigma_min=0.01, sigma_max=2.0, rho=1.0)
+    assert s.shape == (6,) and float(s[0]) == 2.0 and float(s[4]) == pytest.approx(0.01) and float(s[5]) == 0
+    assert torch.allclose(s[:5], torch.linspace(2.0, 0.01, 5, dtype=torch.float64))
+    assert torch.equal(default_sigmas("dds", 10, rho=7.0), default_sigmas("dds", 10))
+    from recon.diffusion import DiffusionRecon
+
+    rec = DiffusionRecon(torch.nn.Identity(), "dds", steps=8, sigma_max=1.5, rho=3.0)
+    assert torch.equal(rec.sigmas, default_sigmas("dds", 8, sigma_max=1.5, rho=3.0)) and rec.calls_per_sample == 8
 
 
 def test_cg_is_the_old_name_of_dds():

@@ -185,13 +185,20 @@ def canonical_sampler(name: str) -> str:
 
 
 def default_sigmas(name: str, steps: int | None = None, sigma_min: float | None = None,
-                   sigma_max: float | None = None) -> torch.Tensor:
-    """The default noise levels (n+1,) of sampler ``name``; ``steps`` = number of positive levels."""
+                   sigma_max: float | None = None, rho: float | None = None) -> torch.Tensor:
+    """The default noise levels (n+1,) of sampler ``name``; ``steps`` = number of positive levels. ``rho``: the
+    Karras schedule's curvature (default 7; refused for the samplers with a geometric schedule)."""
     kind, n, lo, hi = _DEFAULT_SCHEDULES[canonical_sampler(name)]
     n = n if steps is None else int(steps)
     lo = lo if sigma_min is None else sigma_min
     hi = hi if sigma_max is None else sigma_max
-    return karras_sigmas(n, lo, hi) if kind == "karras" else geometric_sigmas(n, lo, hi)
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+    if kind == "karras":
+        return karras_sigmas(n, lo, hi) if rho is None else karras_sigmas(n, lo, hi, rho=float(rho))
+    if rho is not None:
+        raise ValueError(f"sampler {name!r} uses a geometric schedule; rho applies to Karras schedules only")
+    return geometric_sigmas(n, lo, hi)
 
 
 def _module(name: str):
