@@ -45,6 +45,8 @@ class LossOptions:
     consistency_weight: float = 1.0     # tweedie: its weight (scaled by 1/fraction: the fraction sets cost only)
     consistency_t_ratio: float = 2.0    # tweedie: upper level t log-uniform in [sigma_n, ratio sigma_n] (1: t = sigma_n)
     consistency_grad: bool = False      # tweedie: also train through D(x_t, t) and the reverse-step draws
+    tweedie_above: str = "double_tweedie"  # tweedie: the term at sigma >= sigma_n: 'double_tweedie' (the paper) or
+    #                                        'gsure' (SURE on the same data, losses/gsure.py; its Stein options apply)
 
     def inverse(self):
         """The fixed linear approximate pseudo-inverse of gsure/ambient (``physics.polyinv``)."""
@@ -64,6 +66,8 @@ class LossOptions:
                "must be in [0, 1]")
         _check(self.consistency_weight >= 0, "loss_options.consistency_weight", self.consistency_weight,
                "must be >= 0")
+        _check(self.tweedie_above in ("double_tweedie", "gsure"), "loss_options.tweedie_above", self.tweedie_above,
+               "must be double_tweedie or gsure")
         _check(self.consistency_t_ratio >= 1, "loss_options.consistency_t_ratio", self.consistency_t_ratio,
                "must be >= 1 (t >= sigma_n)")
 

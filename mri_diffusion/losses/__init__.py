@@ -51,5 +51,6 @@ def _base_loss(name: str, opts, sigma_data: float):
         return lambda d, b, g: tweedie_loss(d, b.without_target(), g, **sched,
                                             consistency_fraction=opts.consistency_fraction,
                                             consistency_weight=opts.consistency_weight,
-                                            t_ratio=opts.consistency_t_ratio, consistency_grad=opts.consistency_grad)
+                                            t_ratio=opts.consistency_t_ratio, consistency_grad=opts.consistency_grad,
+                                            above=opts.tweedie_above, stein=stein)
     raise ValueError(f"unknown loss {name!r}")

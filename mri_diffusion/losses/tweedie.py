@@ -149,19 +149,31 @@ def consistency(denoiser: Denoiser, x_n: torch.Tensor, sigma_n: torch.Tensor, t:
 def tweedie_loss(denoiser: Denoiser, batch: MRIBatch, generator: torch.Generator | None = None,
                  sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2,
                  consistency_fraction: float = 0.25, consistency_weight: float = 1.0, t_ratio: float = 2.0,
-                 consistency_grad: bool = False, sigma: torch.Tensor | None = None) -> torch.Tensor:
+                 consistency_grad: bool = False, sigma: torch.Tensor | None = None, above: str = "double_tweedie",
+                 stein: dict | None = None) -> torch.Tensor:
     """Per-sample loss (B,): EDM-weighted double Tweedie above sigma_n plus the consistency term below it.
 
     ``sigma`` (B,) fixes the double-Tweedie levels (tests); otherwise EDM log-normal truncated to >= sigma_n.
+    ``above='gsure'`` replaces the double-Tweedie term by GSURE on the same batch (``losses.gsure.gsure_loss``
+    with ``stein`` options; with a full mask it is SURE on x_n + sqrt(sigma^2 - sigma_n^2) eps, levels >= 1.05
+    sigma_n): its weight on the error of D does not vanish at sigma_n as lambda (1 - rho)^2 does.
     Never reads ``batch.target`` (it is stripped here, whatever the caller passes).
     """
     batch = batch.without_target()
     x_n, sigma_n = noisy_image(batch, generator)
     B, dev = x_n.shape[0], x_n.device
-    if sigma is None:
-        sigma = lognormal_above(sigma_n, generator, p_mean, p_std)
-    loss = edm_weight(sigma, sigma_data) * sq_norm(double_tweedie(denoiser, x_n, sigma_n, sigma, generator))
-    loss = loss / x_n[0].numel()
+    if above == "gsure":
+        from .gsure import gsure_loss
+
+        loss = gsure_loss(denoiser, batch, generator, sigma_data, sigma=sigma, p_mean=p_mean, p_std=p_std,
+                          **(stein or {}))
+    elif above == "double_tweedie":
+        if sigma is None:
+            sigma = lognormal_above(sigma_n, generator, p_mean, p_std)
+        loss = edm_weight(sigma, sigma_data) * sq_norm(double_tweedie(denoiser, x_n, sigma_n, sigma, generator))
+        loss = loss / x_n[0].numel()
+    else:
+        raise ValueError(f"above must be 'double_tweedie' or 'gsure', got {above!r}")
     if consistency_fraction <= 0 or consistency_weight <= 0:
         return loss
     u = float(torch.rand((), generator=generator, device=dev))
