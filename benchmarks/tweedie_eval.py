@@ -63,7 +63,8 @@ def psnr(ref: torch.Tensor, x: torch.Tensor) -> float:
 def evaluate(data: PreparedDataset, clean_dir: Path, priors: dict, fractions: list[float]) -> dict:
     """{prior: {'a_psnr': [per slice], 'b_<f>': [per slice relative error]}}, plus the identity for (a)."""
     out = {name: {"a_psnr": [], **{f"b_{f:g}": [] for f in fractions}} for name in priors}
-    out["no denoising"] = {"a_psnr": []}
+    out["no denoising"] = {"a_psnr": [], **{f"b_{f:g}": [] for f in fractions}}
+    out["_slices"] = {"id": [], "energy": []}
     for i in range(len(data)):
         item = data[i]
         batch = collate([item])
@@ -71,7 +72,11 @@ def evaluate(data: PreparedDataset, clean_dir: Path, priors: dict, fractions: li
         x_n, eta = noisy_image(batch, g)
         x0 = clean_image(clean_dir, item["id"], float(item["scale"]), item["maps"])[None]
         out["no denoising"]["a_psnr"].append(psnr(x0[0], x_n[0]))
+        out["_slices"]["id"].append(item["id"])
+        out["_slices"]["energy"].append(float((x0.abs() ** 2).sum()))
         eps = {f: crandn(x0.shape, torch.Generator().manual_seed(10_000 + i), x0.device) for f in fractions}
+        for f in fractions:
+            out["no denoising"][f"b_{f:g}"].append(float(((eps[f] * eta * f).abs() ** 2).sum() / (x0.abs() ** 2).sum()))
         for name, net in priors.items():
             out[name]["a_psnr"].append(psnr(x0[0], net(x_n, eta)[0]))
             for f in fractions:
@@ -88,6 +93,8 @@ def main(argv=None):
     ap.add_argument("--prior", action="append", required=True, help="NAME=CHECKPOINT")
     ap.add_argument("--reference", action="append", default=[], help="prior NAME to pair every other against")
     ap.add_argument("--fractions", default="0.5,0.25")
+    ap.add_argument("--min-signal", type=float, default=0.01, help="leave out slices whose clean-image energy is "
+                    "below this x the median slice's (a blank slice makes every relative error meaningless)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -102,33 +109,41 @@ def main(argv=None):
         net.eval()
         priors[name] = net
     res = evaluate(data, a.clean, priors, fractions)
-    n = len(data)
-    lines = [f"Machine: {machine_line(torch.device('cpu'))}. {n} test slices of {a.noisy_set}.", "",
+    sl = res.pop("_slices")
+    energy = np.asarray(sl["energy"])
+    keep = energy >= a.min_signal * np.median(energy)  # slices with no signal: every relative error is noise/0
+    dropped = [sid for sid, k in zip(sl["id"], keep) if not k]
+    kept = {name: {key: list(np.asarray(v)[keep]) for key, v in r.items()} for name, r in res.items()}
+    n = int(keep.sum())
+    lines = [f"Machine: {machine_line(torch.device('cpu'))}. {n} test slices of {a.noisy_set}"
+             + (f" ({len(dropped)} left out: clean-image energy below {a.min_signal:g} x the median slice's, "
+                f"{', '.join(dropped)})" if dropped else "") + ".", "",
              "| prior | (a) PSNR of D(x_n, sigma_n) (dB) | " + " | ".join(
                  f"(b) rel. error at {f:g} sigma_n" for f in fractions) + " |",
              "|---|---|" + "---|" * len(fractions)]
-    for name, r in res.items():
+    for name, r in kept.items():
         cells = [f"{np.mean(r['a_psnr']):.2f}"] + [f"{np.mean(r[f'b_{f:g}']):.4g}" if f"b_{f:g}" in r else "" for f in
                                                     fractions]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for ref in a.reference:
-        if ref not in res:
+        if ref not in kept:
             raise SystemExit(f"error: --reference {ref!r} is not one of the priors {sorted(priors)}")
         lines += ["", f"Paired against {ref} (95 % CI over slices): (a) PSNR difference; (b) error ratio - 1 "
                   "(negative: lower error than the reference).", ""]
         for name in priors:
             if name == ref:
                 continue
-            da = np.array(res[name]["a_psnr"]) - np.array(res[ref]["a_psnr"])
+            da = np.array(kept[name]["a_psnr"]) - np.array(kept[ref]["a_psnr"])
             parts = [f"(a) {ci95(da)[0]:+.2f} dB [{ci95(da)[1]:+.2f}, {ci95(da)[2]:+.2f}]"]
             for f in fractions:
-                ratio = np.array(res[name][f"b_{f:g}"]) / np.array(res[ref][f"b_{f:g}"]) - 1
+                ratio = np.array(kept[name][f"b_{f:g}"]) / np.array(kept[ref][f"b_{f:g}"]) - 1
                 c = ci95(ratio)
                 parts.append(f"(b) {f:g} sigma_n: {100 * c[0]:+.1f} % [{100 * c[1]:+.1f}, {100 * c[2]:+.1f}]")
             lines.append(f"- {name} - {ref}: " + "; ".join(parts))
     print("\n".join(lines))
     if a.out:
-        a.out.write_text(json.dumps({"results": res, "slices": n, "lines": lines}, indent=1))
+        a.out.write_text(json.dumps({"results": res, "slice_ids": sl["id"], "clean_energy": sl["energy"],
+                                     "left_out": dropped, "slices": n, "lines": lines}, indent=1))
     return res
 
 
