@@ -13,7 +13,8 @@ recorded with its error, the other parts still run, and the command exits 1 at t
   recon  posterior-sampling reconstruction s/slice as `mridiff recon` runs it (recon.pipeline.reconstruct_volume:
          ACS scale, coil compression to 8 virtual coils, ESPIRiT, built-in prior, sampler dds with its default
          schedule, 4 samples) on synthetic 8-coil 128^2 and 15-coil 320^2 volumes, slice by slice and with all
-         slices of a volume in one batch; share of time in the network (benchmarks/recon_speed.py's timer).
+         slices of a volume in one batch, and the 10-call few-step recipe batched; share of time in the network
+         (benchmarks/recon_speed.py's timer).
   ddp    torchrun with one process per GPU (nccl) against one plain process, same config and data: the same
          loss (step 1 always; every step when nproc is 1). With one GPU nproc is 1 and the training loop does
          not start a process group, so an NCCL all-reduce on one rank is checked on its own.
@@ -76,6 +77,7 @@ class Plan:
     recon_slices: int = 8                      # slices per synthetic volume = the batched run's batch
     samples: int = 4
     recon_steps: int | None = None             # None: the sampler's default schedule (as `mridiff recon`)
+    fast_steps: int = 10                       # the few-step recipe (BENCHMARKS.md, Few-step sampling), batched only
     warmup: bool = True                        # one untimed run before each timed recon run
     ddp_config: str = "gsure_r4"               # configs/train/<name>.yaml
     ddp_size: int = 128
@@ -90,7 +92,7 @@ class Plan:
 FULL = Plan()
 SMOKE = Plan(budgets={"tests": 150, "train": 60, "recon": 60, "ddp": 120}, preset="tiny", train_sizes=(16, 32),
              train_coils=4, batch_pixels=(2 * 32 * 32,), train_repeats=1, recon_cases=((8, 64), (15, 64)),
-             recon_slices=2, samples=2, recon_steps=3, warmup=False, ddp_config="tiny", ddp_size=48, ddp_coils=4,
+             recon_slices=2, samples=2, recon_steps=3, fast_steps=2, warmup=False, ddp_config="tiny", ddp_size=48, ddp_coils=4,
              ddp_volumes=2, ddp_slices=3, ddp_batch=2, ddp_steps=2)
 
 
@@ -330,13 +332,17 @@ def part_recon(plan: Plan, dev: torch.device, work: Path, part: Part):
     net, cfg, _ = load_prior("builtin", dev)
     timed = TimedDenoiser(net, dev)
     rec = DiffusionRecon(timed, "dds", plan.recon_steps, plan.samples)
+    fast = DiffusionRecon(timed, "dds", plan.fast_steps, plan.samples, options={"eta": 1.0}, sigma_max=1.0,
+                          sigma_min=0.03)
     part.info.update(prior=cfg.name, sampler="dds", calls_per_sample=rec.calls_per_sample, samples=plan.samples,
-                     virtual_coils=DEFAULT_VIRTUAL_COILS, mask="random 4x", slices_per_volume=plan.recon_slices)
+                     virtual_coils=DEFAULT_VIRTUAL_COILS, mask="random 4x", slices_per_volume=plan.recon_slices,
+                     fast_calls_per_sample=fast.calls_per_sample)
     for coils, size in plan.recon_cases:
         vol = open_volume(write_volume(work / f"recon_{coils}c_{size}.h5", plan.recon_slices, coils, size))
-        for bs in sorted({1, plan.recon_slices}):
-            def run(vol=vol, bs=bs):
-                return reconstruct_volume(vol, rec, MaskSpec(), dev, progress=False,
+        for bs, method, label in [(b, rec, "") for b in sorted({1, plan.recon_slices})] + [
+                (plan.recon_slices, fast, f", few-step {fast.calls_per_sample} calls")]:
+            def run(vol=vol, bs=bs, method=method):
+                return reconstruct_volume(vol, method, MaskSpec(), dev, progress=False,
                                           virtual_coils=DEFAULT_VIRTUAL_COILS, batch_slices=bs)
 
             if plan.warmup:
@@ -348,7 +354,7 @@ def part_recon(plan: Plan, dev: torch.device, work: Path, part: Part):
             n = res["num_slices"]
             if not all(torch.isfinite(torch.as_tensor(res[k])).all() for k in ("reconstruction", "reconstruction_std")):
                 raise CheckFailed(f"{coils} coils {size}^2: non-finite reconstruction")
-            part.add(f"recon {coils} coils {size}^2, {plan.samples} samples, {bs} slice(s)/batch",
+            part.add(f"recon {coils} coils {size}^2, {plan.samples} samples, {bs} slice(s)/batch{label}",
                      res["seconds"] / n, "s/slice", coils=coils, size=size, batch_slices=bs, slices=n,
                      network_share=timed.seconds / res["seconds"], network_calls_per_slice=timed.calls / n * bs,
                      coil_energy_kept=res.get("coil_energy_kept"))
