@@ -59,6 +59,9 @@ MASK_TEXT = {"random": "1-D random", "equispaced": "1-D equispaced", "poisson": 
 BEGIN, END = "<!-- benchmark-table:begin -->", "<!-- benchmark-table:end -->"
 
 
+FEW_STEP = {"steps": 10, "schedule": {"sigma_max": 1.0, "sigma_min": 0.03}, "options": {"eta": 1.0}}
+
+
 def parse_priors(items: list[str]) -> list[tuple[str, str]]:
     if not items:
         out = []
@@ -163,6 +166,8 @@ def main(argv=None):
                     "differences with 95 %% CIs (benchmarks/paired.py); repeat")
     ap.add_argument("--mask", default="random", choices=["random", "equispaced", "poisson"],
                     help="retrospective mask kind (fastMRI conventions), the same for tuning and testing")
+    ap.add_argument("--few-step", action="store_true", help="also run each prior with the 10-call dds recipe "
+                    "(steps 10, sigma 1 -> 0.03, eta 1.0) as diffusion-NAME-fast10")
     ap.add_argument("--label", default="Built-in test block", help="what the test data is, for the text")
     ap.add_argument("--section", default="Benchmark table", help="section title (and markers) in --markdown")
     a = ap.parse_args(argv)
@@ -179,6 +184,9 @@ def main(argv=None):
                                    f"L1-wavelet weight at R={R:g} tuned on validation: {lam:g}  (val PSNR {scores})",
                                    file=sys.stderr))
     methods += [prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples) for name, path in priors]
+    if a.few_step:  # the 10-call dds recipe (BENCHMARKS.md, Few-step sampling) next to each prior's default
+        methods += [prior_method(f"diffusion-{name}-fast10", path, dev, "dds", FEW_STEP["steps"], a.samples,
+                                 FEW_STEP["options"], FEW_STEP["schedule"]) for name, path in priors]
     order = [m.name for m in methods]
     test = a.data / "multicoil_test"
     run_methods(test, a.out / "recon", methods, Rs, dev, mask_kind=a.mask, max_slices=a.max_slices)
