@@ -46,14 +46,19 @@ from recon.metrics import fastmri_crop  # noqa: E402
 from recon.uncertainty import calibration  # noqa: E402
 
 
-def guard_method(name: str, checkpoint: str, device, samples: int = 4, **guard) -> Method:
+def guard_method(name: str, checkpoint: str, device, samples: int = 4, few_step: bool = False, **guard) -> Method:
     from recon.diffusion import DEFAULT_VIRTUAL_COILS, DiffusionRecon, load_prior
     from recon.guard import GuardedRecon, GuardOptions
 
     net, cfg, ck = load_prior(checkpoint, device)
-    g = GuardedRecon(DiffusionRecon(net, "dds", None, samples, 0, False, {}), GuardOptions(**guard))
+    # few_step: the 10-call dds recipe (BENCHMARKS.md, Few-step sampling) for all three posterior runs per slice
+    rec = (DiffusionRecon(net, "dds", 10, samples, 0, False, {"eta": 1.0}, sigma_max=1.0, sigma_min=0.03) if few_step
+           else DiffusionRecon(net, "dds", None, samples, 0, False, {}))
+    g = GuardedRecon(rec, GuardOptions(**guard))
     return Method(name, lambda R: g, attrs={"prior": checkpoint, "prior_step": int(ck["step"]), "samples": samples,
-                                            "guard": json.dumps(g.describe()["guard"])},
+                                            "guard": json.dumps(g.describe()["guard"]),
+                                            **({"sigmas": json.dumps([round(float(v), 6) for v in rec.sigmas])}
+                                               if few_step else {})},
                   virtual_coils=DEFAULT_VIRTUAL_COILS)
 
 
@@ -175,6 +180,7 @@ def main(argv=None):
     ap.add_argument("--max-slices", type=int, default=None)
     ap.add_argument("--fraction", type=float, default=0.15)
     ap.add_argument("--folds", type=int, default=2)
+    ap.add_argument("--few-step", action="store_true", help="posterior runs with the 10-call dds recipe")
     ap.add_argument("--markdown", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -191,7 +197,7 @@ def main(argv=None):
     rows = []
     for dname, pname in todo:
         root = a.out / dname
-        g = guard_method(f"auto-{pname}", priors[pname], dev, fraction=a.fraction, folds=a.folds)
+        g = guard_method(f"auto-{pname}", priors[pname], dev, fraction=a.fraction, folds=a.folds, few_step=a.few_step)
         run_methods(Path(datasets[dname]), root, base + [g], Rs, dev, max_slices=a.max_slices, progress=False)
         for R in Rs:
             split_unguarded(root / f"auto-{pname}_R{R:g}", root / f"diffusion-{pname}_R{R:g}")
