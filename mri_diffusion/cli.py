@@ -211,6 +211,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
     attrs = {}
     if method in ("diffusion", "auto"):
         from recon.diffusion import DiffusionRecon, load_prior, parse_sampler_options
+        from recon.samplers import default_sigmas
 
         if checkpoint is None:
             raise click.UsageError(f"--method {method} needs --checkpoint")
@@ -229,10 +230,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--sampler-option") from None
         try:  # the schedule too, before the prior is loaded
-            import torch
-
-            DiffusionRecon(torch.nn.Identity(), sampler, steps, samples, seed, save_samples, opts, sigma_max,
-                           sigma_min, rho)
+            default_sigmas(sampler, steps, sigma_min, sigma_max, rho)
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         net, cfg, ck = load_prior(checkpoint, dev)
