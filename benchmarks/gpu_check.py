@@ -92,8 +92,8 @@ class Plan:
 FULL = Plan()
 SMOKE = Plan(budgets={"tests": 150, "train": 60, "recon": 60, "ddp": 120}, preset="tiny", train_sizes=(16, 32),
              train_coils=4, batch_pixels=(2 * 32 * 32,), train_repeats=1, recon_cases=((8, 64), (15, 64)),
-             recon_slices=2, samples=2, recon_steps=3, fast_steps=2, warmup=False, ddp_config="tiny", ddp_size=48, ddp_coils=4,
-             ddp_volumes=2, ddp_slices=3, ddp_batch=2, ddp_steps=2)
+             recon_slices=2, samples=2, recon_steps=3, fast_steps=2, warmup=False, ddp_config="tiny", ddp_size=48,
+             ddp_coils=4, ddp_volumes=2, ddp_slices=3, ddp_batch=2, ddp_steps=2)
 
 
 class CheckFailed(Exception):
@@ -326,14 +326,13 @@ def part_train(plan: Plan, dev: torch.device, work: Path, part: Part):
 
 def part_recon(plan: Plan, dev: torch.device, work: Path, part: Part):
     from data_prep.fastmri_h5 import open_volume
-    from recon.diffusion import DEFAULT_VIRTUAL_COILS, DiffusionRecon, load_prior
+    from recon.diffusion import DEFAULT_VIRTUAL_COILS, FEW_STEP, DiffusionRecon, load_prior
     from recon.pipeline import MaskSpec, reconstruct_volume
 
     net, cfg, _ = load_prior("builtin", dev)
     timed = TimedDenoiser(net, dev)
     rec = DiffusionRecon(timed, "dds", plan.recon_steps, plan.samples)
-    fast = DiffusionRecon(timed, "dds", plan.fast_steps, plan.samples, options={"eta": 1.0}, sigma_max=1.0,
-                          sigma_min=0.03)
+    fast = DiffusionRecon(timed, samples=plan.samples, **{**FEW_STEP, "steps": plan.fast_steps})
     part.info.update(prior=cfg.name, sampler="dds", calls_per_sample=rec.calls_per_sample, samples=plan.samples,
                      virtual_coils=DEFAULT_VIRTUAL_COILS, mask="random 4x", slices_per_volume=plan.recon_slices,
                      fast_calls_per_sample=fast.calls_per_sample)

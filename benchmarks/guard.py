@@ -47,18 +47,16 @@ from recon.uncertainty import calibration  # noqa: E402
 
 
 def guard_method(name: str, checkpoint: str, device, samples: int = 4, few_step: bool = False, **guard) -> Method:
-    from recon.diffusion import DEFAULT_VIRTUAL_COILS, DiffusionRecon, load_prior
+    from recon.diffusion import DEFAULT_VIRTUAL_COILS, FEW_STEP, DiffusionRecon, load_prior
     from recon.guard import GuardedRecon, GuardOptions
 
     net, cfg, ck = load_prior(checkpoint, device)
     # few_step: the 10-call dds recipe (BENCHMARKS.md, Few-step sampling) for all three posterior runs per slice
-    rec = (DiffusionRecon(net, "dds", 10, samples, 0, False, {"eta": 1.0}, sigma_max=1.0, sigma_min=0.03) if few_step
-           else DiffusionRecon(net, "dds", None, samples, 0, False, {}))
+    rec = DiffusionRecon(net, samples=samples, **FEW_STEP) if few_step else DiffusionRecon(net, "dds", None, samples)
     g = GuardedRecon(rec, GuardOptions(**guard))
     return Method(name, lambda R: g, attrs={"prior": checkpoint, "prior_step": int(ck["step"]), "samples": samples,
                                             "guard": json.dumps(g.describe()["guard"]),
-                                            **({"sigmas": json.dumps([round(float(v), 6) for v in rec.sigmas])}
-                                               if few_step else {})},
+                                            **({"sigmas": rec.sigmas_attr} if few_step else {})},
                   virtual_coils=DEFAULT_VIRTUAL_COILS)
 
 

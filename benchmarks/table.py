@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mri_diffusion.atomic import atomic_write_text  # noqa: E402
+from recon.diffusion import FEW_STEP  # noqa: E402
 from recon.evaluate import evaluate_dirs  # noqa: E402
 from recon.experiment import (L1_GRID, baseline_methods, git_commit, machine_line, prior_method,  # noqa: E402
                                run_methods)
@@ -57,9 +58,6 @@ DEFAULT_PRIORS = {
 }
 MASK_TEXT = {"random": "1-D random", "equispaced": "1-D equispaced", "poisson": "2-D Poisson-disc"}
 BEGIN, END = "<!-- benchmark-table:begin -->", "<!-- benchmark-table:end -->"
-
-
-FEW_STEP = {"steps": 10, "schedule": {"sigma_max": 1.0, "sigma_min": 0.03}, "options": {"eta": 1.0}}
 
 
 def parse_priors(items: list[str]) -> list[tuple[str, str]]:
@@ -185,8 +183,8 @@ def main(argv=None):
                                    file=sys.stderr))
     methods += [prior_method(f"diffusion-{name}", path, dev, a.sampler, a.steps, a.samples) for name, path in priors]
     if a.few_step:  # the 10-call dds recipe (BENCHMARKS.md, Few-step sampling) next to each prior's default
-        methods += [prior_method(f"diffusion-{name}-fast10", path, dev, "dds", FEW_STEP["steps"], a.samples,
-                                 FEW_STEP["options"], FEW_STEP["schedule"]) for name, path in priors]
+        methods += [prior_method(f"diffusion-{name}-fast10", path, dev, samples=a.samples, **FEW_STEP)
+                    for name, path in priors]
     order = [m.name for m in methods]
     test = a.data / "multicoil_test"
     run_methods(test, a.out / "recon", methods, Rs, dev, mask_kind=a.mask, max_slices=a.max_slices)

@@ -133,7 +133,8 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
 @click.option("--steps", type=POSITIVE_INT, default=None, help="Noise levels of the sampler (default: the sampler's own).")
 @click.option("--sigma-max", type=Number(low=0, low_open=True), default=None,
               help="Highest noise level of the schedule (default: the sampler's own; dds 5). The 10-call dds recipe "
-                   "is --steps 10 --sigma-max 1 (BENCHMARKS.md, Few-step sampling).")
+                   "is --steps 10 --sigma-max 1 --sigma-min 0.03 --sampler-option eta=1.0 (BENCHMARKS.md, Few-step "
+                   "sampling).")
 @click.option("--sigma-min", type=Number(low=0, low_open=True), default=None, help="Lowest positive noise level (default: the sampler's own).")
 @click.option("--rho", type=Number(low=0, low_open=True), default=None, help="Curvature of the Karras schedule (dds, dps; default 7).")
 @click.option("--samples", type=POSITIVE_INT, default=4, show_default=True,

@@ -71,6 +71,11 @@ def parse_sampler_options(sampler: str, raw: dict[str, str]) -> dict:
 # outside the network with all coils, 21 % with 8 virtual coils, for -0.10 dB (BENCHMARKS.md, Speed).
 DEFAULT_VIRTUAL_COILS = 8
 
+# The 10-call dds recipe (BENCHMARKS.md, Few-step sampling; chosen on SIAT validation volumes): keyword arguments
+# of DiffusionRecon, e.g. DiffusionRecon(net, samples=4, **FEW_STEP); `mridiff recon --steps 10 --sigma-max 1
+# --sigma-min 0.03 --sampler-option eta=1.0`.
+FEW_STEP = {"sampler": "dds", "steps": 10, "sigma_max": 1.0, "sigma_min": 0.03, "options": {"eta": 1.0}}
+
 
 @dataclass
 class DiffusionRecon:
@@ -92,6 +97,7 @@ class DiffusionRecon:
         if self.samples < 1 or (self.steps is not None and self.steps < 1):
             raise ValueError(f"samples ({self.samples}) and steps ({self.steps}) must be >= 1")
         self.sampler = canonical_sampler(self.sampler)  # 'cg' -> 'dds'
+        self.options = dict(self.options)  # never shares a caller's dict (e.g. FEW_STEP's)
         self.sigmas = default_sigmas(self.sampler, self.steps, self.sigma_min, self.sigma_max, self.rho)
         self.fn = get_sampler(self.sampler)
 
@@ -99,6 +105,11 @@ class DiffusionRecon:
     def all_options(self) -> dict:
         """Every sampler option as used: the given ones over the sampler's defaults."""
         return {**sampler_defaults(self.sampler), **self.options}
+
+    @property
+    def sigmas_attr(self) -> str:
+        """The noise levels as written to the outputs' ``sigmas`` attr (JSON list)."""
+        return json.dumps([round(float(v), 6) for v in self.sigmas])
 
     @property
     def calls_per_sample(self) -> int:
@@ -114,7 +125,7 @@ class DiffusionRecon:
             settings["schedule"] = {"sigma_max": self.sigma_max, "sigma_min": self.sigma_min, "rho": self.rho}
         attrs = {"checkpoint": str(checkpoint), "prior": cfg.name, "sampler": self.sampler, "samples": self.samples,
                  "steps": steps, "sampler_options": json.dumps(opts), "network_calls_per_sample": self.calls_per_sample,
-                 "sigmas": json.dumps([round(float(v), 6) for v in self.sigmas])}
+                 "sigmas": self.sigmas_attr}
         what = (f"sampler {self.sampler}, {steps} steps (sigma {float(self.sigmas[0]):g} -> {float(self.sigmas[-2]):g}), "
                 f"{self.samples} sample(s) per slice"
                 + (" (one sample: no reconstruction_std is written)" if self.samples == 1 else "")

@@ -111,21 +111,22 @@ def baseline_methods(val_dir: Path, accelerations: list[float], device: torch.de
 
 
 def prior_method(name: str, checkpoint, device: torch.device, sampler: str = "dds", steps: int | None = None,
-                 samples: int = 4, options: dict | None = None, schedule: dict | None = None) -> Method:
+                 samples: int = 4, options: dict | None = None, **schedule) -> Method:
     """A ``Method`` that reconstructs by posterior sampling with the prior in ``checkpoint`` (``builtin`` too).
-    ``schedule``: sigma_max / sigma_min / rho overrides of the sampler's noise levels (``DiffusionRecon``).
+    ``schedule``: sigma_max / sigma_min / rho overrides of the sampler's noise levels (``DiffusionRecon``), so
+    ``prior_method(name, ckpt, dev, samples=4, **diffusion.FEW_STEP)`` runs the few-step recipe.
 
     The output files carry the prior, its training step, the sampler and the number of network calls per
     posterior sample (the batch of ``samples`` draws shares each call)."""
     from .diffusion import DEFAULT_VIRTUAL_COILS, DiffusionRecon, load_prior
 
     net, cfg, ck = load_prior(checkpoint, device)
-    rec = DiffusionRecon(net, sampler, steps, samples, 0, False, dict(options or {}), **(schedule or {}))
+    rec = DiffusionRecon(net, sampler, steps, samples, 0, False, dict(options or {}), **schedule)
     return Method(name, lambda R: rec,
                   attrs={"prior": str(checkpoint), "prior_step": int(ck["step"]), "sampler": rec.sampler,
                          "samples": samples, "network_calls_per_sample": rec.calls_per_sample,
-                         **({"sigmas": json.dumps([round(float(v), 6) for v in rec.sigmas]),
-                             "sampler_options": json.dumps(dict(options or {}))} if schedule or options else {})},
+                         **({"sigmas": rec.sigmas_attr, "sampler_options": json.dumps(dict(options or {}))}
+                            if schedule or options else {})},
                   virtual_coils=DEFAULT_VIRTUAL_COILS)
 
 

@@ -62,6 +62,7 @@ import torch
 from ..physics.fft import ifft2c
 from ..types import Denoiser, MRIBatch
 from .common import bcast, crandn, edm_weight, per_channel_noise, re_inner, sq_norm
+from .gsure import gsure_loss
 
 SIGMA_MAX = 80.0    # EDM's largest level
 SIGMA_MIN = 0.002   # EDM's smallest level (floor of s, unless sigma_n itself is below it)
@@ -163,8 +164,6 @@ def tweedie_loss(denoiser: Denoiser, batch: MRIBatch, generator: torch.Generator
     x_n, sigma_n = noisy_image(batch, generator)
     B, dev = x_n.shape[0], x_n.device
     if above == "gsure":
-        from .gsure import gsure_loss
-
         loss = gsure_loss(denoiser, batch, generator, sigma_data, sigma=sigma, p_mean=p_mean, p_std=p_std,
                           **(stein or {}))
     elif above == "double_tweedie":
