@@ -185,22 +185,30 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               help="--method auto: blend = alpha x posterior + (1 - alpha) x best classical, alpha fitted on the "
               "held-out lines; choose = the candidate with the smallest held-out error.")
 @click.option("--guard-flag-db", type=Number(), default=0.0, show_default=True,
-              help="--method auto: flag a slice when the diffusion's held-out error exceeds the best classical "
-              "one by more than this (dB).")
+              help="--method auto, prior without an OOD reference: flag a slice when the diffusion's held-out error "
+              "exceeds the best classical one by more than this (dB).")
 @click.option("--guard-flag-ratio", type=Number(low=0, low_open=True), default=4.0, show_default=True,
-              help="--method auto: flag a slice when the diffusion's held-out error exceeds this multiple of what "
-              "its posterior spread predicts.")
+              help="--method auto, prior without an OOD reference: flag a slice when the diffusion's held-out error "
+              "exceeds this multiple of what its posterior spread predicts.")
+@click.option("--guard-flag-score", type=Number(low=0, low_open=True), default=2.0, show_default=True,
+              help="--method auto: flag a slice when the denoiser changes its CG-SENSE image this many times more "
+              "than the prior's own validation slices (recon/ood.py; needs the prior's OOD reference).")
+@click.option("--ood-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="--method auto: the prior's OOD reference (mridiff ood-reference). Default: "
+              "<checkpoint>.ood.json when it exists (the shipped priors have one); without one the flag falls back "
+              "to the held-out-line rules (--guard-flag-db, --guard-flag-ratio).")
 @click.pass_context
 @friendly_errors
 def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, sigma_min, rho, samples, sampler_options,
           save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
-          guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio):
+          guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio, guard_flag_score, ood_reference):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
-    guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio")
+    guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio",
+                  "guard_flag_score", "ood_reference")
     refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
                                 "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
                                 "l1_iters": ("l1-wavelet", "auto"), **{k: ("auto",) for k in guard_keys}})
@@ -223,7 +231,8 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
                 grid = tuple(float(v) for v in guard_l1_grid.split(","))
                 gopts = GuardOptions(fraction=guard_fraction, folds=guard_folds, l1_grid=grid, l1_iters=l1_iters,
                                      sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
-                                     flag_ratio=guard_flag_ratio, mode=guard_mode, seed=seed)
+                                     flag_ratio=guard_flag_ratio, flag_score=guard_flag_score, mode=guard_mode,
+                                     seed=seed)
             except ValueError as e:
                 raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded
@@ -238,11 +247,19 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
         fn = DiffusionRecon(net, sampler, steps, samples, seed, save_samples, opts, sigma_max, sigma_min, rho)
         settings, attrs, what = fn.describe(checkpoint, cfg, ck)
         if method == "auto":
-            fn = GuardedRecon(fn, gopts)
+            from recon.ood import OODReference, find_reference
+
+            try:
+                ref = OODReference.load(ood_reference) if ood_reference else find_reference(checkpoint)
+            except ValueError as e:
+                raise click.BadParameter(str(e), param_hint="--ood-reference") from None
+            fn = GuardedRecon(fn, gopts, ref)
             settings = {**settings, **fn.describe()}
             attrs = {**attrs, "guard": json.dumps(fn.describe()["guard"])}
             what += (f"; guarded ({gopts.mode}): {gopts.folds} fold(s) of {gopts.fraction:g} of the lines outside the "
-                     f"centre held out, candidates {', '.join(fn.candidates)}")
+                     f"centre held out, candidates {', '.join(fn.candidates)}; OOD flag: "
+                     + (f"denoiser score > {gopts.flag_score:g} x its median on {ref.data} ({ref.slices} slices)"
+                        if ref else f"held-out lines (no OOD reference for {checkpoint})"))
     else:
         params = {"sense": {"sense_iters": sense_iters, "sense_lambda": sense_lambda},
                   "l1-wavelet": {"l1_iters": l1_iters, "l1_lambda": l1_lambda}}.get(method, {})
@@ -526,6 +543,36 @@ def sample(checkpoint, n, size, steps, seed, out_png, raw_weights, overwrite, de
              overwrite=overwrite)
     click.echo(f"wrote {out_png}")
 
+
+
+@main.command("ood-reference")
+@click.option("--checkpoint", required=True, help="The prior: a checkpoint from mridiff train, or a shipped name.")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="fastMRI multi-coil files like the prior's training set, never the test files (e.g. its "
+              "validation volumes).")
+@click.option("--acceleration", "-R", "accelerations", type=ACCELERATION, multiple=True, default=(4.0, 8.0),
+              show_default=True)
+@click.option("--mask", "mask_kind", type=click.Choice(["random", "equispaced", "poisson"]), default="random",
+              show_default=True)
+@click.option("--max-slices", type=POSITIVE_INT, default=None, help="At most this many slices per file.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Default: <checkpoint>.ood.json, where recon --method auto finds it.")
+@click.option("--overwrite", is_flag=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@friendly_errors
+def ood_reference_cmd(checkpoint, data_dir, accelerations, mask_kind, max_slices, out_path, overwrite, device):
+    """The OOD flag's reference for a prior (recon/ood.py): the median denoiser score of slices like its training
+    set, which recon --method auto compares each slice's score with."""
+    from recon.ood import build_reference, sidecar
+
+    setup_torch()
+    out_path = out_path or sidecar(checkpoint)
+    if out_path.exists() and not overwrite:
+        raise click.ClickException(f"{out_path} exists; pass --overwrite to replace it")
+    ref = build_reference(checkpoint, data_dir, list(accelerations), mask_kind, _device(device), max_slices)
+    ref.save(out_path, overwrite=overwrite)
+    click.echo(f"wrote {out_path}: median score {ref.median:.4g} over {ref.slices} slices of {data_dir} "
+               f"(R {', '.join(f'{r:g}' for r in accelerations)}, {mask_kind} masks)")
 
 
 @main.command("export-prior")

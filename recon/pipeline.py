@@ -144,10 +144,12 @@ def reconstruct_volume(vol: Volume, method: SliceMethod, spec: MaskSpec, device:
             if res.info is not None:
                 infos[i] = {**res.info, "scale": float(scale)}
                 if res.info.get("ood_flag"):
-                    warnings.warn(f"{vol.path}: slice {i}: out-of-distribution flag: {res.info.get('reason', '')}; "
-                                  f"held-out error {res.info.get('ood_db', float('nan')):+.2f} dB against the best "
-                                  f"classical, {res.info.get('calibration_ratio', float('nan')):.2g} x the "
-                                  "posterior's own prediction", OODWarning)
+                    nan = float("nan")
+                    warnings.warn(f"{vol.path}: slice {i}: out-of-distribution flag: the denoiser changes it "
+                                  f"{res.info.get('ood_score_ratio', nan):.2g} x as much as the prior's own "
+                                  f"validation slices; held-out error {res.info.get('ood_db', nan):+.2f} dB against "
+                                  f"the best classical, {res.info.get('calibration_ratio', nan):.2g} x the "
+                                  f"posterior's own prediction; {res.info.get('reason', '')}", OODWarning)
             for key, v in res.extra.items():
                 extras.setdefault(key, [None] * n)[i] = centre_crop((v * scale).float().cpu().numpy(), vol.recon_size)
         pending.clear()

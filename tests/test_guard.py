@@ -136,6 +136,10 @@ class FakePosterior:
     def __init__(self, truth, invented, spread=0.01):
         self.truth, self.invented, self.spread = truth, invented, spread
 
+    @staticmethod
+    def denoiser(x, sigma):  # for the OOD score: a prior that shrinks towards 0 (Gaussian, variance 2 x 0.1^2)
+        return x * 0.01 / (0.01 + sigma.reshape(-1, 1, 1) ** 2)
+
     def batch(self, items):
         out = []
         for k, m, s, ctx in items:
@@ -252,3 +256,34 @@ def test_blend_weight_is_the_noise_free_least_squares_mix():
     assert selfval.blend_weight(cn(5), torch.zeros(5, dtype=torch.complex64)) == 0.0
     same = cn(5)
     assert selfval.blend_weight(same, same.clone()) == 1.0
+
+
+def _reference(median):
+    from recon.ood import OODReference
+
+    return OODReference(median=median, slices=1, sigma=0.05, draws=4, accelerations=[4.0], mask="random", data="d",
+                        checkpoint="c", prior_step=1, scores=[median])
+
+
+def test_guard_flag_from_the_denoiser_score_when_the_prior_has_a_reference():
+    from recon.ood import denoiser_change
+    from recon.samplers.common import derive_seed
+
+    truth, item = _slice(C=8)
+    opts = GuardOptions(l1_iters=30, sense_iters=30, flag_score=2.0)
+    post = FakePosterior(truth, 0.0)
+    res = GuardedRecon(post, opts)(*item)
+    s = res.info["ood_score"]
+    sense = __import__("recon.baselines", fromlist=["cg_sense"]).cg_sense(*item[:3], iters=30, lam=1e-2)
+    assert s == pytest.approx(float(denoiser_change(post.denoiser, sense[None], [derive_seed("f", 0, "ood")])[0]))
+    assert math.isnan(res.info["ood_score_ratio"]) and res.info["ood_flag"] is False  # held-out rule, no reference
+    for median, flagged in ((s / 1.9, False), (s / 2.1, True)):
+        r = GuardedRecon(post, opts, _reference(median))(*item)
+        assert r.info["ood_score_ratio"] == pytest.approx(s / median) and r.info["ood_flag"] is flagged
+        assert r.info["choice"] == res.info["choice"]  # the flag informs, the held-out lines decide
+    # the score needs no held-out lines
+    k, mask, maps, ctx = item
+    centre = torch.zeros_like(mask)
+    centre[..., 28:36] = 1
+    r = GuardedRecon(post, opts, _reference(1e-9))(k * centre, centre, maps, ctx)
+    assert r.info["choice"] == "diffusion" and r.info["ood_flag"] is True
