@@ -8,7 +8,8 @@ it is written out as the method ``diffusion-<prior>`` so both are scored from on
 
 Reported (markdown + JSON):
 - PSNR of each method; guarded - max(L1, SENSE) (the better baseline by mean PSNR) with its 95 % CI over
-  slices and its worst slice; guarded - unguarded diffusion; the share of slices flagged; the share of the
+  slices and its worst slice; guarded - unguarded diffusion; the share of slices flagged (the OOD flag of
+  ``recon.ood`` when the prior has a reference, and in brackets the held-out-line rule); the share of the
   slices where the unguarded diffusion loses to L1-wavelet that are flagged (recall);
 - Spearman rank correlation within the dataset between the held-out estimate of PSNR (``recon.selfval``:
   measurements only, the reconstruction's own volume maximum as range) and the true PSNR, over slices x
@@ -43,6 +44,7 @@ from data_prep.fastmri_h5 import read_target, write_reconstruction  # noqa: E402
 from paired import ci95, per_slice  # noqa: E402
 from recon.experiment import Method, baseline_methods, machine_line, run_methods  # noqa: E402
 from recon.metrics import fastmri_crop  # noqa: E402
+from recon.guard import GuardOptions  # noqa: E402
 from recon.uncertainty import calibration  # noqa: E402
 
 
@@ -50,10 +52,12 @@ def guard_method(name: str, checkpoint: str, device, samples: int = 4, few_step:
     from recon.diffusion import DEFAULT_VIRTUAL_COILS, FEW_STEP, DiffusionRecon, load_prior
     from recon.guard import GuardedRecon, GuardOptions
 
+    from recon.ood import find_reference
+
     net, cfg, ck = load_prior(checkpoint, device)
     # few_step: the 10-call dds recipe (BENCHMARKS.md, Few-step sampling) for all three posterior runs per slice
     rec = DiffusionRecon(net, samples=samples, **FEW_STEP) if few_step else DiffusionRecon(net, "dds", None, samples)
-    g = GuardedRecon(rec, GuardOptions(**guard))
+    g = GuardedRecon(rec, GuardOptions(**guard), find_reference(checkpoint))
     return Method(name, lambda R: g, attrs={"prior": checkpoint, "prior_step": int(ck["step"]), "samples": samples,
                                             "guard": json.dumps(g.describe()["guard"]),
                                             **({"sigmas": rec.sigmas_attr} if few_step else {})},
@@ -117,6 +121,9 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     d_dl1 = np.array([m["diffusion"][s]["psnr"] - m["l1-wavelet"][s]["psnr"] for s in keys])
     infos = slice_infos(auto)
     flags = np.array([bool(infos[s].get("ood_flag")) for s in keys])
+    # the held-out-line rule (the flag when a prior has no OOD reference), from the same runs
+    o = GuardOptions()
+    held = np.array([infos[s]["ood_db"] > o.flag_db or infos[s]["calibration_ratio"] > o.flag_ratio for s in keys])
     loses = d_dl1 < 0
     choices: dict[str, int] = {}
     for s in keys:
@@ -141,6 +148,9 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             "auto_minus_slice_max_worst": float(d_max.min()), "auto_minus_diffusion": ci95(d_diff),
             "diffusion_minus_l1": ci95(d_dl1), "flagged": float(flags.mean()), "diffusion_loses": int(loses.sum()),
             "flag_recall": float(flags[loses].mean()) if loses.any() else math.nan, "choices": choices,
+            "flagged_held_out_rule": float(held.mean()),
+            "flag_recall_held_out_rule": float(held[loses].mean()) if loses.any() else math.nan,
+            "score_ratio": [float(infos[s].get("ood_score_ratio", math.nan)) for s in keys],
             "spearman_est_vs_true": rho, "est_pairs": len(est),
             "est_bias_db": float(np.mean([e - t for e, t in zip(est, true) if math.isfinite(e)])) if est else math.nan,
             "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
@@ -150,18 +160,20 @@ def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
     ci = lambda c: f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]"  # noqa: E731
     lines = [f"Machine: {machine}; {seconds / 60:.0f} min for this table.", "",
              "| data | prior | R | slices (vols) | PSNR diff / L1 / SENSE / guarded | guarded - best baseline [95 % CI] "
-             "(worst slice) | guarded - diffusion [95 % CI] | diffusion - L1 | flagged | flag recall (diffusion < L1) "
+             "(worst slice) | guarded - diffusion [95 % CI] | diffusion - L1 | flagged (held-out rule) "
+             "| flag recall, diffusion < L1 (held-out rule) "
              "| choices | Spearman(est, true) | std corr / within 2 std: before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["psnr"]
         b, a = r["std_before"], r["std_after"]
-        rec = "n/a" if math.isnan(r["flag_recall"]) else f"{100 * r['flag_recall']:.0f} % of {r['diffusion_loses']}"
+        rec = "n/a" if math.isnan(r["flag_recall"]) else (f"{100 * r['flag_recall']:.0f} % of {r['diffusion_loses']} "
+                                                          f"({100 * r['flag_recall_held_out_rule']:.0f} %)")
         lines.append(
             f"| {r['data']} | {r['prior']} | {r['R']:g} | {r['slices']} ({r['volumes']}) | {p['diffusion']:.2f} / "
             f"{p['l1-wavelet']:.2f} / {p['sense']:.2f} / {p['auto']:.2f} | {ci(r['auto_minus_best'])} vs "
             f"{r['best_baseline']} ({r['auto_minus_best_worst']:+.2f}) | {ci(r['auto_minus_diffusion'])} | "
-            f"{ci(r['diffusion_minus_l1'])} | {100 * r['flagged']:.0f} % | {rec} | "
+            f"{ci(r['diffusion_minus_l1'])} | {100 * r['flagged']:.0f} % ({100 * r['flagged_held_out_rule']:.0f} %) | {rec} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} | "
             f"{b['corr']:.2f} / {100 * b['within_2std']:.0f} % -> {a['corr']:.2f} / {100 * a['within_2std']:.0f} % |")
     return lines

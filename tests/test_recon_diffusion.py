@@ -235,3 +235,31 @@ def test_resume_accepts_files_made_under_the_old_sampler_name(tiny_prior, tmp_pa
         h.attrs["settings_fingerprint"] = fingerprint(settings)
     r = CliRunner().invoke(main, args + ["--sampler", "cg"])
     assert r.exit_code == 0 and "1 finished file(s) skipped" in r.output, r.output
+
+
+def test_ood_reference_command_and_the_guard_using_it(tiny_prior, tmp_path):
+    """mridiff ood-reference writes the prior's reference (never over an existing one without --overwrite);
+    recon --method auto flags by it and records each slice's score ratio."""
+    ckpt, f = tiny_prior
+    ref = tmp_path / "tiny.ood.json"
+    args = ["ood-reference", "--checkpoint", str(ckpt), "--data", str(f.parent), "-R", "3", "--out", str(ref)]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    saved = json.loads(ref.read_text())
+    assert saved["slices"] == 2 and saved["median"] > 0 and saved["accelerations"] == [3.0]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and "exists" in r.output
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(out), "--method", "auto", "--checkpoint", str(ckpt),
+                                  "--steps", "3", "--samples", "2", "-R", "3", "--center-fraction", "0.16", "--quiet",
+                                  "--l1-iters", "10", "--sense-iters", "5", "--ood-reference", str(ref),
+                                  "--guard-flag-score", "1e-6"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "denoiser score > 1e-06 x its median" in r.output
+    with h5py.File(out / "t.h5") as h:
+        infos = json.loads(h.attrs["slice_info"])
+    assert all(i["ood_flag"] is True and i["ood_score_ratio"] > 0 for i in infos)
+    (tmp_path / "bad.json").write_text("{}")
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "auto", "--checkpoint",
+                                  str(ckpt), "--ood-reference", str(tmp_path / "bad.json")])
+    assert r.exit_code == 2 and "bad.json" in r.output

@@ -155,10 +155,15 @@ def guard_note(info: Optional[dict]) -> str:
         return ""
     flag = info.get("ood_flag")
     text = f"guard chose {info.get('choice', '?')}"
+    nan = float("nan")
     if flag:
-        text += (f"; OUT-OF-DISTRIBUTION FLAG: the prior's held-out error is {info.get('ood_db', float('nan')):+.1f} dB "
-                 f"against the best classical, {info.get('calibration_ratio', float('nan')):.1f} x what its std "
-                 "predicts (the std map includes the disagreement)")
+        score = info.get("ood_score_ratio", nan)
+        text += ("; OUT-OF-DISTRIBUTION FLAG: "
+                 + (f"the prior's denoiser changes this slice {score:.1f} x as much as its own validation slices; "
+                    if score == score else "")
+                 + f"the prior's held-out error is {info.get('ood_db', nan):+.1f} dB against the best classical, "
+                 f"{info.get('calibration_ratio', nan):.1f} x what its std predicts (the std map includes the "
+                 "disagreement)")
     elif flag is None:
         text += " (unvalidated: no held-out lines)"
     return text
