@@ -193,6 +193,9 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
 @click.option("--guard-flag-score", type=Number(low=0, low_open=True), default=2.0, show_default=True,
               help="--method auto: flag a slice when the denoiser changes its CG-SENSE image this many times more "
               "than the prior's own validation slices (recon/ood.py; needs the prior's OOD reference).")
+@click.option("--guard-flagged", type=click.Choice(["classical", "guard"]), default="classical", show_default=True,
+              help="--method auto: slices flagged by the denoiser score: classical = the prior is not used (the "
+              "classical candidate with the smallest held-out error); guard = decided like the others.")
 @click.option("--ood-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="--method auto: the prior's OOD reference (mridiff ood-reference). Default: "
               "<checkpoint>.ood.json when it exists (the shipped priors have one); without one the flag falls back "
@@ -203,12 +206,13 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
           save_samples,
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
-          guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio, guard_flag_score, ood_reference):
+          guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio, guard_flag_score, guard_flagged,
+          ood_reference):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
     guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio",
-                  "guard_flag_score", "ood_reference")
+                  "guard_flag_score", "guard_flagged", "ood_reference")
     refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
                                 "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
                                 "l1_iters": ("l1-wavelet", "auto"), **{k: ("auto",) for k in guard_keys}})
@@ -231,8 +235,8 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
                 grid = tuple(float(v) for v in guard_l1_grid.split(","))
                 gopts = GuardOptions(fraction=guard_fraction, folds=guard_folds, l1_grid=grid, l1_iters=l1_iters,
                                      sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
-                                     flag_ratio=guard_flag_ratio, flag_score=guard_flag_score, mode=guard_mode,
-                                     seed=seed)
+                                     flag_ratio=guard_flag_ratio, flag_score=guard_flag_score, flagged=guard_flagged,
+                                     mode=guard_mode, seed=seed)
             except ValueError as e:
                 raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded

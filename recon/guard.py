@@ -25,7 +25,10 @@ the slice's CG-SENSE image more than ``flag_score`` times as much as it changes 
 (``ood_score_ratio``). Without a reference it falls back to the held-out lines: the diffusion's held-out error
 exceeds the best classical one by more than ``flag_db`` dB (``ood_db``), or what the posterior's own spread
 predicts by more than a factor ``flag_ratio`` (``calibration_ratio``, ``selfval.posterior_predicted``: a
-confident prior that is wrong). Both scores are always recorded. The defaults are set a priori, not tuned (a
+confident prior that is wrong). Both scores are always recorded. A slice the score flags does not use the
+prior at all (``flagged="classical"``): the guard returns the classical candidate with the smallest held-out
+error, because on such scans the held-out lines, 4-6 per slice, are too few to bound what the prior invents
+between them (BENCHMARKS.md, "Unseen anatomy": the blend's worst slices there were 1.4-5.8 dB below CG-SENSE). The defaults are set a priori, not tuned (a
 factor 2 on the whole-image score; 0 dB; a factor 4 = 2x the error amplitude the posterior claims);
 BENCHMARKS.md, "Unseen anatomy", measures what they give: the held-out-line rule rests on 4-6 held-out lines
 per slice and flagged 22-35 % of the matched slices.
@@ -65,6 +68,8 @@ class GuardOptions:
     flag_db: float = 0.0        # flag when diffusion's held-out error > best classical's by this many dB
     flag_ratio: float = 4.0     # flag when diffusion's held-out error > this x its posterior-predicted error
     flag_score: float = 2.0     # with an OOD reference (recon.ood): flag when the slice's score > this x its median
+    flagged: str = "classical"  # slices flagged by that score: classical = the prior is not used (the classical
+                                # candidate with the smallest held-out error); guard = decided like the others
     mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
                                 # choose: the candidate with the smallest held-out error
     seed: int = 0
@@ -74,6 +79,8 @@ class GuardOptions:
             raise ValueError(f"guard fraction must be in (0, 0.5), got {self.fraction}")
         if self.mode not in ("blend", "choose"):
             raise ValueError(f"guard mode must be 'blend' or 'choose', got {self.mode!r}")
+        if self.flagged not in ("classical", "guard"):
+            raise ValueError(f"guard flagged must be 'classical' or 'guard', got {self.flagged!r}")
         if not self.flag_score > 0:
             raise ValueError(f"guard flag_score must be > 0, got {self.flag_score}")
         if self.folds < 1 or not self.l1_grid or min(self.l1_grid) <= 0:
@@ -181,13 +188,6 @@ class GuardedRecon:
         peak = float(full.image.abs().max())
         mse = {c: selfval.estimated_mse(e, shape) if math.isfinite(e) else math.nan for c, e in energy.items()}
         est = {c: selfval.estimated_psnr(v, peak) if math.isfinite(v) else math.nan for c, v in mse.items()}
-        # choose: the smallest held-out error on the same lines (the ratio estimate ranks them the same way);
-        # blend: the weight alpha that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_best
-        if o.mode == "choose":
-            choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
-            alpha = 1.0 if choice == "diffusion" else 0.0
-        else:
-            choice = "diffusion" if alpha >= 1 else best_c if alpha <= 0 else "blend"
         # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)
         ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
         ratio = held["diffusion"] / predicted if predicted > 0 and math.isfinite(predicted) else math.nan
@@ -195,6 +195,17 @@ class GuardedRecon:
             flag = bool(score_ratio > o.flag_score)
         else:
             flag = bool(ood_db > o.flag_db or (math.isfinite(ratio) and ratio > o.flag_ratio))
+        # flagged by the score (flagged="classical"): the prior is not used; otherwise choose: the smallest
+        # held-out error on the same lines (the ratio estimate ranks them the same way); blend: the weight alpha
+        # that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_best
+        fallback = flag and self.reference is not None and o.flagged == "classical"
+        if fallback:
+            choice, alpha = best_c, 0.0
+        elif o.mode == "choose":
+            choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
+            alpha = 1.0 if choice == "diffusion" else 0.0
+        else:
+            choice = "diffusion" if alpha >= 1 else best_c if alpha <= 0 else "blend"
         if choice == "diffusion":
             image = full.image
             reason = f"diffusion: held-out error {ood_db:+.2f} dB against the best classical ({best_c})"
@@ -206,8 +217,11 @@ class GuardedRecon:
         else:
             name, _, lam = choice.partition(":")
             image = sense if choice == "sense" else self._classical(choice, k, mask, maps)
-            reason = (f"{name}{f' (weight {lam})' if lam else ''}: its held-out error is {ood_db:.2f} dB below "
-                      "the diffusion posterior's")
+            what = f"{name}{f' (weight {lam})' if lam else ''}"
+            reason = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
+                      f"prior's validation slices), so the prior is not used: {what}, the smallest held-out error "
+                      f"of the classical candidates (diffusion {ood_db:+.2f} dB against it)" if fallback else
+                      f"{what}: its held-out error is {ood_db:.2f} dB below the diffusion posterior's")
         if diff_std is not None:
             scale = math.sqrt(max(1.0, ratio)) if math.isfinite(ratio) else 1.0
             std = diff_std * scale

@@ -278,9 +278,17 @@ def test_guard_flag_from_the_denoiser_score_when_the_prior_has_a_reference():
     assert s == pytest.approx(float(denoiser_change(post.denoiser, sense[None], [derive_seed("f", 0, "ood")])[0]))
     assert math.isnan(res.info["ood_score_ratio"]) and res.info["ood_flag"] is False  # held-out rule, no reference
     for median, flagged in ((s / 1.9, False), (s / 2.1, True)):
-        r = GuardedRecon(post, opts, _reference(median))(*item)
-        assert r.info["ood_score_ratio"] == pytest.approx(s / median) and r.info["ood_flag"] is flagged
-        assert r.info["choice"] == res.info["choice"]  # the flag informs, the held-out lines decide
+        for what in ("classical", "guard"):
+            r = GuardedRecon(post, GuardOptions(l1_iters=30, sense_iters=30, flagged=what), _reference(median))(*item)
+            assert r.info["ood_score_ratio"] == pytest.approx(s / median) and r.info["ood_flag"] is flagged
+            if flagged and what == "classical":  # the prior is not used: the best classical by held-out error
+                classical = {c: e for c, e in r.info["held_out_error"].items() if c not in ("diffusion", "blend")}
+                assert r.info["choice"] == min(classical, key=classical.get) and r.info["alpha"] == 0
+                assert "out of distribution" in r.info["reason"]
+            else:  # not flagged, or flagged="guard": the held-out lines decide as without a reference
+                assert r.info["choice"] == res.info["choice"] and r.info["alpha"] == res.info["alpha"]
+    with pytest.raises(ValueError, match="flagged"):
+        GuardOptions(flagged="maybe")
     # the score needs no held-out lines
     k, mask, maps, ctx = item
     centre = torch.zeros_like(mask)
