@@ -44,7 +44,7 @@ from data_prep.fastmri_h5 import read_target, write_reconstruction  # noqa: E402
 from paired import ci95, per_slice  # noqa: E402
 from recon.experiment import Method, baseline_methods, machine_line, run_methods  # noqa: E402
 from recon.metrics import fastmri_crop  # noqa: E402
-from recon.guard import GuardOptions  # noqa: E402
+from recon.guard import GuardOptions, held_out_flag  # noqa: E402
 from recon.uncertainty import calibration  # noqa: E402
 
 
@@ -122,8 +122,7 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     infos = slice_infos(auto)
     flags = np.array([bool(infos[s].get("ood_flag")) for s in keys])
     # the held-out-line rule (the flag when a prior has no OOD reference), from the same runs
-    o = GuardOptions()
-    held = np.array([infos[s]["ood_db"] > o.flag_db or infos[s]["calibration_ratio"] > o.flag_ratio for s in keys])
+    held = np.array([held_out_flag(infos[s]["ood_db"], infos[s]["calibration_ratio"], GuardOptions()) for s in keys])
     loses = d_dl1 < 0
     choices: dict[str, int] = {}
     for s in keys:

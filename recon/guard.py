@@ -28,8 +28,9 @@ predicts by more than a factor ``flag_ratio`` (``calibration_ratio``, ``selfval.
 confident prior that is wrong). Both scores are always recorded. A slice the score flags does not use the
 prior at all (``flagged="classical"``): the guard returns the classical candidate with the smallest held-out
 error, because on such scans the held-out lines, 4-6 per slice, are too few to bound what the prior invents
-between them (BENCHMARKS.md, "Unseen anatomy": the blend's worst slices there were 1.4-5.8 dB below CG-SENSE). The defaults are set a priori, not tuned (a
-factor 2 on the whole-image score; 0 dB; a factor 4 = 2x the error amplitude the posterior claims);
+between them (BENCHMARKS.md, "Unseen anatomy": the blend's worst slices there were 1.4-5.8 dB below CG-SENSE).
+The defaults are set a priori, not tuned (a factor 2 on the whole-image score; 0 dB; a factor 4 = 2x the error
+amplitude the posterior claims);
 BENCHMARKS.md, "Unseen anatomy", measures what they give: the held-out-line rule rests on 4-6 held-out lines
 per slice and flagged 22-35 % of the matched slices.
 
@@ -85,6 +86,11 @@ class GuardOptions:
             raise ValueError(f"guard flag_score must be > 0, got {self.flag_score}")
         if self.folds < 1 or not self.l1_grid or min(self.l1_grid) <= 0:
             raise ValueError(f"guard needs folds >= 1 and positive L1 weights, got {self.folds}, {self.l1_grid}")
+
+
+def held_out_flag(ood_db: float, calibration_ratio: float, o: GuardOptions) -> bool:
+    """The held-out-line rule (the flag of a prior without an OOD reference; module doc)."""
+    return bool(ood_db > o.flag_db or (math.isfinite(calibration_ratio) and calibration_ratio > o.flag_ratio))
 
 
 def _db(a: float, b: float, floor: float) -> float:
@@ -145,13 +151,14 @@ class GuardedRecon:
         if diff_std is not None:
             extra["reconstruction_diffusion_std"] = diff_std
         sense = self._classical("sense", k, mask, maps)  # all lines: also the OOD score's prior-free image
-        score = float(ood.denoiser_change(self.diffusion.denoiser, sense[None],
-                                          [derive_seed(ctx["file"], ctx["slice"], "ood")])[0])
+        score = ood.slice_score(self.diffusion.denoiser, sense, ctx)
         score_ratio = score / self.reference.median if self.reference is not None else math.nan
+        score_flag = bool(score_ratio > o.flag_score) if self.reference is not None else None
+        with_all_lines = lambda c: sense if c == "sense" else self._classical(c, k, mask, maps)  # noqa: E731
         if not splits:
             info = {"choice": "diffusion", "reason": "no held-out lines possible (only the calibration block is "
                     "sampled): unguarded", "ood_score": score, "ood_score_ratio": score_ratio,
-                    "ood_flag": bool(score_ratio > o.flag_score) if self.reference is not None else None}
+                    "ood_flag": score_flag}
             if diff_std is not None:
                 extra["reconstruction_std"] = diff_std
             return SliceResult(full.image, extra, info=info)
@@ -191,14 +198,11 @@ class GuardedRecon:
         # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)
         ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
         ratio = held["diffusion"] / predicted if predicted > 0 and math.isfinite(predicted) else math.nan
-        if self.reference is not None:
-            flag = bool(score_ratio > o.flag_score)
-        else:
-            flag = bool(ood_db > o.flag_db or (math.isfinite(ratio) and ratio > o.flag_ratio))
+        flag = score_flag if score_flag is not None else held_out_flag(ood_db, ratio, o)
         # flagged by the score (flagged="classical"): the prior is not used; otherwise choose: the smallest
         # held-out error on the same lines (the ratio estimate ranks them the same way); blend: the weight alpha
         # that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_best
-        fallback = flag and self.reference is not None and o.flagged == "classical"
+        fallback = bool(score_flag) and o.flagged == "classical"
         if fallback:
             choice, alpha = best_c, 0.0
         elif o.mode == "choose":
@@ -210,13 +214,12 @@ class GuardedRecon:
             image = full.image
             reason = f"diffusion: held-out error {ood_db:+.2f} dB against the best classical ({best_c})"
         elif choice == "blend":
-            other = sense if best_c == "sense" else self._classical(best_c, k, mask, maps)
-            image = alpha * full.image + (1 - alpha) * other
+            image = alpha * full.image + (1 - alpha) * with_all_lines(best_c)
             reason = (f"blend {alpha:.2f} x diffusion + {1 - alpha:.2f} x {best_c}: the held-out lines' best mix "
                       f"(diffusion alone {ood_db:+.2f} dB against {best_c})")
         else:
             name, _, lam = choice.partition(":")
-            image = sense if choice == "sense" else self._classical(choice, k, mask, maps)
+            image = with_all_lines(choice)
             what = f"{name}{f' (weight {lam})' if lam else ''}"
             reason = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
                       f"prior's validation slices), so the prior is not used: {what}, the smallest held-out error "

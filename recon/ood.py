@@ -57,6 +57,13 @@ def denoiser_change(denoiser, x: torch.Tensor, seeds: list[int], sigma: float = 
     return e / (2 * x.shape[-2] * x.shape[-1] * sigma ** 2)
 
 
+def slice_score(denoiser, sense: torch.Tensor, ctx: dict) -> float:
+    """The score of one slice from its CG-SENSE image (H, W), seeded by (file, slice) as every caller does."""
+    from .samplers.common import derive_seed
+
+    return float(denoiser_change(denoiser, sense[None], [derive_seed(ctx["file"], ctx["slice"], "ood")])[0])
+
+
 @dataclass(frozen=True)
 class OODReference:
     """The score's level on slices like the prior's training set: its ``median`` over ``slices`` validation
@@ -117,11 +124,9 @@ class ScoreProbe:
     def __call__(self, k, mask, maps, ctx):
         from . import baselines
         from .pipeline import SliceResult
-        from .samplers.common import derive_seed
 
         x = baselines.cg_sense(k, mask, maps, iters=self.sense_iters, lam=self.sense_lambda)
-        s = float(denoiser_change(self.denoiser, x[None], [derive_seed(ctx["file"], ctx["slice"], "ood")])[0])
-        return SliceResult(x, {}, info={"ood_score": s})
+        return SliceResult(x, {}, info={"ood_score": slice_score(self.denoiser, x, ctx)})
 
 
 def build_reference(checkpoint: str, folder: str | Path, accelerations: list[float], mask: str = "random",
