@@ -128,6 +128,41 @@ def split_mask(mask: torch.Tensor, fraction: float, seed: int, folds: int = 1) -
     return out
 
 
+def cv_splits(mask: torch.Tensor, folds: int, seed: int) -> list[Split]:
+    """K-fold cross-validation over every sampled position outside the calibration block: each is held out in
+    exactly one of ``folds`` folds. The candidates sorted by k-space radius are cut into strata of ``folds``
+    consecutive positions and each stratum's positions go to the folds in a seeded random order, so every fold
+    holds out one position per stratum (the last stratum may be short): folds are balanced in radius like
+    ``split_mask``'s. A fold's ``weights`` count the unmeasured positions in bands half-way between its held-out
+    radii. With fewer positions than ``folds`` it is leave-one-out; [] with fewer than 2 positions.
+    mask: (1, 1, W) or (1, H, W), 0/1."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs folds >= 2, got {folds}")
+    hw = tuple(mask.shape[-2:])
+    flat = mask.reshape(-1).bool().cpu()
+    r = radius(hw).reshape(-1)
+    cand = torch.nonzero(flat & ~calibration_region(mask).reshape(-1).cpu()).reshape(-1).numpy()
+    folds = min(folds, len(cand))
+    if folds < 2:
+        return []
+    cand = cand[np.argsort(r[cand], kind="stable")]
+    rng = np.random.default_rng(int(seed) % 2**32)
+    owner = np.concatenate([rng.permutation(folds)[: len(s)] for s in np.array_split(cand, range(folds, len(cand), folds))])
+    out_r = r[~flat.numpy()]
+    out = []
+    for f in range(folds):
+        pos = cand[owner == f]  # nearest the centre first
+        edges = [0.0] + [(r[a] + r[b]) / 2 for a, b in zip(pos[:-1], pos[1:])] + [np.inf]
+        weights = torch.tensor([float(((out_r >= lo) & (out_r < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])],
+                               dtype=torch.float64)
+        val = torch.zeros(flat.shape, dtype=mask.dtype)
+        val[torch.from_numpy(pos)] = 1
+        val = val.reshape(mask.shape).to(mask.device)
+        out.append(Split(recon_mask=mask * (1 - val), val_mask=val, val_index=torch.from_numpy(pos.astype(np.int64)),
+                         weights=weights, n_unmeasured=int((~flat).sum())))
+    return out
+
+
 def _predict(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """F S x: (..., H, W) complex images and (C, H, W) maps -> (..., C, H, W) coil k-space."""
     return fft2c(maps * x.unsqueeze(-3))

@@ -54,6 +54,40 @@ def test_split_is_stratified_disjoint_and_outside_the_calibration_block():
     assert not (s2.val_mask.bool() & selfval.calibration_region(m2)).any() and s2.n_val >= 2
 
 
+def test_cv_splits_hold_out_every_line_once_balanced_in_radius():
+    for shape, sampler in (((1, 128), make_sampler("random", 4.0, 0.08)), ((48, 48), make_sampler("poisson", 4.0))):
+        mask = sampler.sample(shape, 5)
+        region = selfval.calibration_region(mask).reshape(-1)
+        cand = mask.reshape(-1).bool() & ~region
+        splits = selfval.cv_splits(mask, 5, seed=3)
+        assert len(splits) == 5
+        held = torch.stack([s.val_mask.reshape(-1) for s in splits])
+        assert torch.equal(held.sum(0), cand.to(held.dtype))  # every candidate exactly once, nothing else
+        sizes = [s.n_val for s in splits]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == int(cand.sum())
+        r = selfval.radius(tuple(mask.shape[-2:])).reshape(-1)
+        order = np.sort(r[cand.numpy()])
+        for f, s in enumerate(splits):
+            assert torch.equal(s.recon_mask + s.val_mask, mask)
+            assert float(s.weights.sum()) == s.n_unmeasured == int((mask == 0).sum())
+            rv = r[s.val_index.numpy()]
+            assert np.all(np.diff(rv) >= 0)
+            # one position per stratum of 5 consecutive radii: the j-th held-out radius lies in stratum j
+            assert all(order[5 * j] <= x <= order[min(5 * j + 4, len(order) - 1)] for j, x in enumerate(rv))
+        again = selfval.cv_splits(mask, 5, seed=3)
+        assert all(torch.equal(x.val_mask, y.val_mask) for x, y in zip(splits, again))
+        assert not all(torch.equal(x.val_mask, y.val_mask) for x, y in zip(splits, selfval.cv_splits(mask, 5, 4)))
+    centre = torch.zeros(1, 1, 96)
+    centre[..., 40:56] = 1
+    centre[..., [2, 90]] = 1
+    loo = selfval.cv_splits(centre, 5, 0)  # 2 lines outside the calibration block: leave-one-out
+    assert len(loo) == 2 and [s.n_val for s in loo] == [1, 1]
+    centre[..., 2] = 0
+    assert selfval.cv_splits(centre, 5, 0) == []  # 1 line: nothing to cross-validate
+    with pytest.raises(ValueError, match="folds"):
+        selfval.cv_splits(centre, 1, 0)
+
+
 def test_validation_error_is_unbiased_for_the_held_out_error_energy():
     """E[error] over the noise = ||M_V F S (x_true - x)||^2 exactly (the noise energy is subtracted)."""
     torch.manual_seed(0)
@@ -281,14 +315,29 @@ def test_guard_flag_from_the_denoiser_score_when_the_prior_has_a_reference():
         for what in ("classical", "guard"):
             r = GuardedRecon(post, GuardOptions(l1_iters=30, sense_iters=30, flagged=what), _reference(median))(*item)
             assert r.info["ood_score_ratio"] == pytest.approx(s / median) and r.info["ood_flag"] is flagged
-            if flagged and what == "classical":  # the prior is not used: the best classical by held-out error
-                classical = {c: e for c, e in r.info["held_out_error"].items() if c not in ("diffusion", "blend")}
-                assert r.info["choice"] == min(classical, key=classical.get) and r.info["alpha"] == 0
-                assert "out of distribution" in r.info["reason"]
+            if flagged and what == "classical":  # the prior is not used: the best classical by cross-validation
+                cv = r.info["cv_error"]
+                assert sorted(cv) == sorted(c for c in r.info["held_out_error"] if c not in ("diffusion", "blend"))
+                assert r.info["choice"] == min(cv, key=cv.get) and r.info["alpha"] == 0
+                assert "out of distribution" in r.info["reason"] and "cross-validated" in r.info["reason"]
+                # the cross-validated error of one candidate, recomputed from its definition
+                c = r.info["choice"]
+                k, mask, maps, ctx = item
+                want = sum(float(selfval.validation_error(k, maps, sp, GuardedRecon(post, opts)._classical(
+                    c, k * sp.recon_mask, sp.recon_mask, maps), ctx["noise_std"])["error"])
+                    for sp in selfval.cv_splits(mask, 5, derive_seed("f", 0, "guard-cv", 0)))
+                assert cv[c] == pytest.approx(want, rel=1e-6)
+                # fallback_folds=0: the guard's own held-out folds decide, as before
+                r0 = GuardedRecon(post, GuardOptions(l1_iters=30, sense_iters=30, fallback_folds=0),
+                                  _reference(median))(*item)
+                held = {c: e for c, e in r0.info["held_out_error"].items() if c not in ("diffusion", "blend")}
+                assert r0.info["cv_error"] == {} and r0.info["choice"] == min(held, key=held.get)
             else:  # not flagged, or flagged="guard": the held-out lines decide as without a reference
                 assert r.info["choice"] == res.info["choice"] and r.info["alpha"] == res.info["alpha"]
     with pytest.raises(ValueError, match="flagged"):
         GuardOptions(flagged="maybe")
+    with pytest.raises(ValueError, match="fallback_folds"):
+        GuardOptions(fallback_folds=1)
     # the score needs no held-out lines
     k, mask, maps, ctx = item
     centre = torch.zeros_like(mask)
