@@ -54,6 +54,8 @@ class Choice:
     """The classical candidate a rule picks (``held-out`` or ``cv``), refit on all lines; ``info`` records every
     candidate's error under the rule."""
 
+    uses_noise_std = True  # the held-out errors subtract the noise (recon.pipeline estimates it)
+
     def __init__(self, guard: GuardedRecon, rule: str):
         self.guard, self.rule = guard, rule
         self.candidates = guard.candidates[1:]

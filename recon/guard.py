@@ -164,12 +164,16 @@ class GuardedRecon:
         """{candidate: held-out error energy (noise subtracted) summed over ``splits``}, each classical candidate
         reconstructed without its split's lines; {} without splits."""
         k, mask, maps, ctx = item
+        sigma = float(ctx.get("noise_std", math.nan))
+        if not math.isfinite(sigma):  # NaN errors would make min() pick the first candidate silently
+            raise ValueError(f"{ctx.get('file')} slice {ctx.get('slice')}: the held-out errors need the noise std, "
+                             f"got {sigma} (a SliceMethod that uses them sets uses_noise_std = True)")
         out = {c: 0.0 for c in candidates} if splits else {}
         for split in splits:
             kr = k * split.recon_mask
             for c in candidates:
                 x = self._classical(c, kr, split.recon_mask, maps)
-                out[c] += float(selfval.validation_error(k, maps, split, x, float(ctx["noise_std"]))["error"])
+                out[c] += float(selfval.validation_error(k, maps, split, x, sigma)["error"])
         return out
 
     def _decide(self, item, splits, full: SliceResult, held_runs: list) -> SliceResult:
