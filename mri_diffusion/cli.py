@@ -195,7 +195,11 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               "than the prior's own validation slices (recon/ood.py; needs the prior's OOD reference).")
 @click.option("--guard-flagged", type=click.Choice(["classical", "guard"]), default="classical", show_default=True,
               help="--method auto: slices flagged by the denoiser score: classical = the prior is not used (the "
-              "classical candidate with the smallest held-out error); guard = decided like the others.")
+              "classical candidate with the smallest cross-validated error); guard = decided like the others.")
+@click.option("--guard-cv-folds", type=click.IntRange(min=0), default=5, show_default=True,
+              help="--method auto, --guard-flagged classical: cross-validation folds that choose the classical "
+              "reconstruction of a flagged slice, every sampled line outside the calibration block held out once "
+              "(classical candidates only); 0 = the --guard-folds held-out lines.")
 @click.option("--ood-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="--method auto: the prior's OOD reference (mridiff ood-reference). Default: "
               "<checkpoint>.ood.json when it exists (the shipped priors have one); without one the flag falls back "
@@ -207,12 +211,12 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
           guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio, guard_flag_score, guard_flagged,
-          ood_reference):
+          guard_cv_folds, ood_reference):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
     guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio",
-                  "guard_flag_score", "guard_flagged", "ood_reference")
+                  "guard_flag_score", "guard_flagged", "guard_cv_folds", "ood_reference")
     refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
                                 "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
                                 "l1_iters": ("l1-wavelet", "auto"), **{k: ("auto",) for k in guard_keys}})
@@ -231,12 +235,14 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
         if method == "auto":
             from recon.guard import GuardedRecon, GuardOptions
 
+            if guard_cv_folds == 1:
+                raise click.BadParameter("1: must be 0 (off) or >= 2", param_hint="--guard-cv-folds")
             try:
                 grid = tuple(float(v) for v in guard_l1_grid.split(","))
                 gopts = GuardOptions(fraction=guard_fraction, folds=guard_folds, l1_grid=grid, l1_iters=l1_iters,
                                      sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
                                      flag_ratio=guard_flag_ratio, flag_score=guard_flag_score, flagged=guard_flagged,
-                                     mode=guard_mode, seed=seed)
+                                     fallback_folds=guard_cv_folds, mode=guard_mode, seed=seed)
             except ValueError as e:
                 raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded

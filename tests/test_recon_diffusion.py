@@ -253,12 +253,18 @@ def test_ood_reference_command_and_the_guard_using_it(tiny_prior, tmp_path):
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(out), "--method", "auto", "--checkpoint", str(ckpt),
                                   "--steps", "3", "--samples", "2", "-R", "3", "--center-fraction", "0.16", "--quiet",
                                   "--l1-iters", "10", "--sense-iters", "5", "--ood-reference", str(ref),
-                                  "--guard-flag-score", "1e-6"], catch_exceptions=False)
+                                  "--guard-flag-score", "1e-6", "--guard-cv-folds", "3"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "denoiser score > 1e-06 x its median" in r.output
     with h5py.File(out / "t.h5") as h:
         infos = json.loads(h.attrs["slice_info"])
     assert all(i["ood_flag"] is True and i["ood_score_ratio"] > 0 for i in infos)
+    # flagged: a classical reconstruction, chosen by 3-fold cross-validation
+    assert all(i["alpha"] == 0 and i["cv_error"] and "(3 folds" in i["reason"] for i in infos)
+    assert all(i["choice"] == min(i["cv_error"], key=i["cv_error"].get) for i in infos)
+    r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "y"), "--method", "auto", "--checkpoint",
+                                  str(ckpt), "--guard-cv-folds", "1"])
+    assert r.exit_code == 2 and "--guard-cv-folds" in r.output
     (tmp_path / "bad.json").write_text("{}")
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "auto", "--checkpoint",
                                   str(ckpt), "--ood-reference", str(tmp_path / "bad.json")])
