@@ -90,6 +90,14 @@ def radius(shape: tuple[int, int]) -> np.ndarray:
     return np.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) if h > 1 else np.abs(kx)[None, :]
 
 
+def _candidates(mask: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(the mask flattened, bool; every position's k-space radius; the flat indices of the sampled positions
+    outside the calibration block, in index order)."""
+    flat = mask.reshape(-1).bool().cpu()
+    cand = torch.nonzero(flat & ~calibration_region(mask).reshape(-1).cpu()).reshape(-1).numpy()
+    return flat, radius(tuple(mask.shape[-2:])).reshape(-1), cand
+
+
 def split_mask(mask: torch.Tensor, fraction: float, seed: int, folds: int = 1) -> list[Split]:
     """``folds`` disjoint held-out sets of n_val = max(2, round(fraction * n)) positions each, n the sampled
     positions outside the calibration block, stratified by k-space radius: the n candidates sorted by radius are
@@ -101,10 +109,7 @@ def split_mask(mask: torch.Tensor, fraction: float, seed: int, folds: int = 1) -
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     if folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
-    hw = tuple(mask.shape[-2:])
-    flat = mask.reshape(-1).bool().cpu()
-    r = radius(hw).reshape(-1)
-    cand = torch.nonzero(flat & ~calibration_region(mask).reshape(-1).cpu()).reshape(-1).numpy()
+    flat, r, cand = _candidates(mask)
     n_val = max(2, int(round(fraction * len(cand))))
     if len(cand) < n_val * folds:
         return []
@@ -138,10 +143,7 @@ def cv_splits(mask: torch.Tensor, folds: int, seed: int) -> list[Split]:
     mask: (1, 1, W) or (1, H, W), 0/1."""
     if folds < 2:
         raise ValueError(f"cross-validation needs folds >= 2, got {folds}")
-    hw = tuple(mask.shape[-2:])
-    flat = mask.reshape(-1).bool().cpu()
-    r = radius(hw).reshape(-1)
-    cand = torch.nonzero(flat & ~calibration_region(mask).reshape(-1).cpu()).reshape(-1).numpy()
+    flat, r, cand = _candidates(mask)
     folds = min(folds, len(cand))
     if folds < 2:
         return []
