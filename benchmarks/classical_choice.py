@@ -6,7 +6,10 @@ script measures how well two rules choose, on the same masks as ``benchmarks/gua
 
 - ``held-out``: the guard's own folds (``fraction`` 0.15, 2 folds: 4-6 lines per slice);
 - ``cv``: K-fold cross-validation, every sampled line outside the calibration block held out once
-  (``GuardOptions.fallback_folds``, ``selfval.cv_splits``).
+  (``GuardOptions.fallback_folds``, ``selfval.cv_splits``);
+- ``cv-mix``: the same folds, but the cross-validated mix of the best candidate and the best of the other
+  family (L1-wavelet / CG-SENSE), weight fitted on every held-out line (``recon.guard.classical_mix``,
+  ``GuardOptions.fallback_mix``).
 
 Each rule's choice is written as a method folder (``choice-heldout``, ``choice-cv``); every candidate with all
 lines is written too, so the oracle (per-slice best candidate) and the figure's comparator (per slice
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from paired import ci95, per_slice  # noqa: E402
 from recon.experiment import Method, baseline_methods, machine_line, run_methods  # noqa: E402
-from recon.guard import GuardedRecon, GuardOptions  # noqa: E402
+from recon.guard import GuardedRecon, GuardOptions, classical_mix  # noqa: E402
 from recon.pipeline import SliceResult  # noqa: E402
 
 
@@ -63,9 +66,14 @@ class Choice:
     def __call__(self, k, mask, maps, ctx) -> SliceResult:
         item = (k, mask, maps, ctx)
         splits = self.guard.held_out_splits(mask, ctx) if self.rule == "held-out" else self.guard.cv_splits(mask, ctx)
-        err = self.guard.classical_errors(item, splits, self.candidates)
-        choice = min(err, key=err.get) if err else "sense"  # no lines to hold out: CG-SENSE, said in the info
-        return SliceResult(self.guard._classical(choice, k, mask, maps), {}, info={"choice": choice, "errors": err})
+        err, resid = self.guard.classical_cv(item, splits, self.candidates)
+        if not err:  # no lines to hold out: CG-SENSE, said in the info
+            return SliceResult(self.guard._classical("sense", k, mask, maps), {}, info={"choice": "sense", "errors": err})
+        a, b, w = classical_mix(err, resid) if self.rule == "cv-mix" else (min(err, key=err.get), "sense", 1.0)
+        x = self.guard._classical(a, k, mask, maps)
+        if w < 1:
+            x = w * x + (1 - w) * self.guard._classical(b, k, mask, maps)
+        return SliceResult(x, {}, info={"choice": a, "mix_with": b, "weight": w, "errors": err})
 
 
 def main(argv=None):
@@ -92,7 +100,7 @@ def main(argv=None):
     cand = [Method(f"cand-{c.replace(':', '-')}", lambda R, c=c: Candidate(guard, c), virtual_coils=vc)
             for c in guard.candidates[1:]]
     rules = [Method(f"choice-{r.replace('-', '')}", lambda R, r=r: Choice(guard, r), virtual_coils=vc,
-                    attrs={"folds": a.folds, "rule": r}) for r in ("held-out", "cv")]
+                    attrs={"folds": a.folds, "rule": r}) for r in ("held-out", "cv", "cv-mix")]
     rows = []
     for spec in a.dataset:
         name, folder = spec.split("=", 1)
@@ -116,14 +124,16 @@ def main(argv=None):
     ci = lambda c: f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]"  # noqa: E731
     lines = [f"Machine: {machine_line(dev)}; {(time.perf_counter() - t0) / 60:.0f} min.", "",
              "| data | R | slices (vols) | L1 / SENSE | held-out rule - max(L1, SENSE) (worst) | "
-             f"{a.folds}-fold CV - max(L1, SENSE) (worst) | regret vs oracle: held-out / CV | oracle - max |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{a.folds}-fold CV - max(L1, SENSE) (worst) | CV mix - max(L1, SENSE) (worst) | "
+             "regret vs oracle: held-out / CV / CV mix | oracle - max |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        h, c = r["choice-heldout"], r["choice-cv"]
+        h, c, x = r["choice-heldout"], r["choice-cv"], r["choice-cvmix"]
         lines.append(f"| {r['data']} | {r['R']:g} | {r['slices']} ({r['volumes']}) | {r['psnr']['l1-wavelet']:.2f} / "
                      f"{r['psnr']['sense']:.2f} | {ci(h['minus_max_l1_sense'])} ({h['worst']:+.2f}) | "
-                     f"{ci(c['minus_max_l1_sense'])} ({c['worst']:+.2f}) | {h['regret_vs_oracle']:.2f} / "
-                     f"{c['regret_vs_oracle']:.2f} | {r['oracle_minus_max_l1_sense']:+.2f} |")
+                     f"{ci(c['minus_max_l1_sense'])} ({c['worst']:+.2f}) | {ci(x['minus_max_l1_sense'])} "
+                     f"({x['worst']:+.2f}) | {h['regret_vs_oracle']:.2f} / {c['regret_vs_oracle']:.2f} / "
+                     f"{x['regret_vs_oracle']:.2f} | {r['oracle_minus_max_l1_sense']:+.2f} |")
     print("\n".join(lines))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "choice.json").write_text(json.dumps(rows, indent=1))

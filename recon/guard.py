@@ -32,6 +32,8 @@ bound what the prior invents between them (BENCHMARKS.md, "Unseen anatomy": the 
 ``fallback_folds`` folds hold out every sampled line outside the calibration block once (``selfval.cv_splits``),
 so the choice rests on all of them, not on the 4-6 lines that once picked L1-wavelet 2.9 dB below CG-SENSE on a
 knee. Only the classical candidates are rerun, ``fallback_folds`` x (len(l1_grid) + 1) times, on flagged slices.
+With ``fallback_mix`` the flagged slice gets the cross-validated mix of the best candidate and the best of the
+other classical family instead (``classical_mix``).
 The defaults are set a priori, not tuned (a factor 2 on the whole-image score; 0 dB; a factor 4 = 2x the error
 amplitude the posterior claims);
 BENCHMARKS.md, "Unseen anatomy", measures what they give: the held-out-line rule rests on 4-6 held-out lines
@@ -76,6 +78,8 @@ class GuardOptions:
                                 # candidate with the smallest cross-validated error); guard = decided like the others
     fallback_folds: int = 5     # that choice: K-fold cross-validation over every sampled line outside the
                                 # calibration block (selfval.cv_splits); 0 = the guard's own held-out folds
+    fallback_mix: bool = False  # that choice: the cross-validated mix of the best L1-wavelet and CG-SENSE
+                                # (classical_mix) instead of one candidate
     mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
                                 # choose: the candidate with the smallest held-out error
     seed: int = 0
@@ -98,6 +102,23 @@ class GuardOptions:
 def held_out_flag(ood_db: float, calibration_ratio: float, o: GuardOptions) -> bool:
     """The held-out-line rule (the flag of a prior without an OOD reference; module doc)."""
     return bool(ood_db > o.flag_db or (math.isfinite(calibration_ratio) and calibration_ratio > o.flag_ratio))
+
+
+def classical_mix(errors: dict[str, float], residuals: dict[str, torch.Tensor]) -> tuple[str, str, float]:
+    """Stacking of the classical candidates by cross-validation (``GuardOptions.fallback_mix``): a = the candidate
+    with the smallest cross-validated error, b = the best candidate of the other family (CG-SENSE for an
+    L1-wavelet weight and vice versa; their errors differ most in kind), and the weight w in [0, 1] of
+    w x_a + (1 - w) x_b that minimises the held-out error of the mix over every held-out line
+    (``selfval.blend_weight``: the residuals are affine in x, so no reconstruction is rerun). Returns (a, b, w);
+    w = 1 is a alone. A mix's error energy is at most the larger of the two, so one wrong pick near the
+    margin costs less than choosing one (Breiman 1996, stacked regressions)."""
+    a = min(errors, key=errors.get)
+    family = a.split(":", 1)[0]
+    others = [c for c in errors if c.split(":", 1)[0] != family]
+    if not others:
+        return a, a, 1.0
+    b = min(others, key=errors.get)
+    return a, b, selfval.blend_weight(residuals[a], residuals[b])
 
 
 def _db(a: float, b: float, floor: float) -> float:
@@ -163,18 +184,26 @@ class GuardedRecon:
     def classical_errors(self, item, splits: list, candidates: list[str]) -> dict[str, float]:
         """{candidate: held-out error energy (noise subtracted) summed over ``splits``}, each classical candidate
         reconstructed without its split's lines; {} without splits."""
+        return self.classical_cv(item, splits, candidates)[0]
+
+    def classical_cv(self, item, splits: list, candidates: list[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """``classical_errors`` and, per candidate, its held-out residuals y - F S x on every split's held-out
+        entries, concatenated over the splits (1-D complex; for ``classical_mix``); ({}, {}) without splits."""
         k, mask, maps, ctx = item
         sigma = float(ctx.get("noise_std", math.nan))
         if not math.isfinite(sigma):  # NaN errors would make min() pick the first candidate silently
             raise ValueError(f"{ctx.get('file')} slice {ctx.get('slice')}: the held-out errors need the noise std, "
                              f"got {sigma} (a SliceMethod that uses them sets uses_noise_std = True)")
-        out = {c: 0.0 for c in candidates} if splits else {}
+        err = {c: 0.0 for c in candidates} if splits else {}
+        resid: dict[str, list] = {c: [] for c in err}
         for split in splits:
             kr = k * split.recon_mask
             for c in candidates:
                 x = self._classical(c, kr, split.recon_mask, maps)
-                out[c] += float(selfval.validation_error(k, maps, split, x, sigma)["error"])
-        return out
+                v = selfval.validation_error(k, maps, split, x, sigma)
+                err[c] += float(v["error"])
+                resid[c].append(v["residual"].reshape(-1))
+        return err, {c: torch.cat(r) for c, r in resid.items()}
 
     def _decide(self, item, splits, full: SliceResult, held_runs: list) -> SliceResult:
         k, mask, maps, ctx = item
@@ -237,9 +266,13 @@ class GuardedRecon:
         # held-out error on the same lines (the ratio estimate ranks them the same way); blend: the weight alpha
         # that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_best
         fallback = bool(score_flag) and o.flagged == "classical"
-        cv_error = self.classical_errors(item, self.cv_splits(mask, ctx), list(classical)) if fallback else {}
+        cv_error, cv_resid = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) if fallback else ({}, {})
+        mix = None  # (a, b, w): the flagged slice's cross-validated mix w x_a + (1 - w) x_b (fallback_mix)
         if fallback:
             choice, alpha = (min(cv_error, key=cv_error.get) if cv_error else best_c), 0.0
+            if cv_error and o.fallback_mix:
+                mix = classical_mix(cv_error, cv_resid)
+                choice = mix[0] if mix[2] >= 1 else mix[1] if mix[2] <= 0 else "classical-mix"
         elif o.mode == "choose":
             choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
             alpha = 1.0 if choice == "diffusion" else 0.0
@@ -252,6 +285,13 @@ class GuardedRecon:
             image = alpha * full.image + (1 - alpha) * with_all_lines(best_c)
             reason = (f"blend {alpha:.2f} x diffusion + {1 - alpha:.2f} x {best_c}: the held-out lines' best mix "
                       f"(diffusion alone {ood_db:+.2f} dB against {best_c})")
+        elif choice == "classical-mix":
+            a, b, w = mix
+            image = w * with_all_lines(a) + (1 - w) * with_all_lines(b)
+            reason = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
+                      f"prior's validation slices), so the prior is not used: {w:.2f} x {a} + {1 - w:.2f} x {b}, "
+                      f"the mix with the smallest cross-validated error ({o.fallback_folds} folds, every sampled "
+                      f"line held out once; diffusion {ood_db:+.2f} dB against {best_c})")
         else:
             name, _, lam = choice.partition(":")
             image = with_all_lines(choice)
@@ -271,6 +311,8 @@ class GuardedRecon:
         info = {"choice": choice, "alpha": alpha, "blend_with": best_c, "reason": reason, "ood_flag": flag,
                 "ood_db": ood_db, "calibration_ratio": ratio, "ood_score": score, "ood_score_ratio": score_ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
-                "held_out_error": held, "cv_error": cv_error, "direct_estimate": direct, "predicted_held_out": predicted,
+                "held_out_error": held, "cv_error": cv_error,
+                "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},
+                "direct_estimate": direct, "predicted_held_out": predicted,
                 "predicted_unmeasured": spread_out}
         return SliceResult(image, extra, info=info)

@@ -344,3 +344,48 @@ def test_guard_flag_from_the_denoiser_score_when_the_prior_has_a_reference():
     centre[..., 28:36] = 1
     r = GuardedRecon(post, opts, _reference(1e-9))(k * centre, centre, maps, ctx)
     assert r.info["choice"] == "diffusion" and r.info["ood_flag"] is True
+
+
+def test_classical_mix_pairs_the_best_candidate_with_the_other_family():
+    """a = the smallest cross-validated error, b = the best of the other family, w = blend_weight of their
+    residuals; one family only: a alone."""
+    from recon.guard import classical_mix
+
+    g = torch.Generator().manual_seed(1)
+    cn = lambda n: torch.complex(torch.randn(n, generator=g), torch.randn(n, generator=g))  # noqa: E731
+    res = {"l1-wavelet:0.001": cn(200), "l1-wavelet:0.003": cn(200), "sense": cn(200)}
+    err = {"l1-wavelet:0.001": 2.0, "l1-wavelet:0.003": 1.0, "sense": 3.0}
+    a, b, w = classical_mix(err, res)
+    assert (a, b) == ("l1-wavelet:0.003", "sense")
+    assert w == selfval.blend_weight(res[a], res[b]) and 0 < w < 1
+    # the mix's held-out residual energy is the least over w in [0, 1] (grid check)
+    energy = lambda v: float(((v * res[a] + (1 - v) * res[b]).abs() ** 2).sum())  # noqa: E731
+    assert energy(w) <= min(energy(v) for v in np.linspace(0, 1, 101)) + 1e-6
+    err["sense"] = 0.5  # now CG-SENSE leads and the best L1 weight is its partner
+    assert classical_mix(err, res)[:2] == ("sense", "l1-wavelet:0.003")
+    only = {"l1-wavelet:0.001": 1.0, "l1-wavelet:0.003": 2.0}
+    assert classical_mix(only, res) == ("l1-wavelet:0.001", "l1-wavelet:0.001", 1.0)
+
+
+def test_guard_fallback_mix_on_a_flagged_slice_is_the_cross_validated_mix():
+    """fallback_mix=True on a slice the score flags: the image is w x_a + (1 - w) x_b of the classical
+    candidates refitted on all lines, with (a, b, w) from classical_mix of the cross-validated residuals."""
+    from recon.guard import classical_mix
+
+    truth, item = _slice(C=8, sigma=0.03)  # noisy enough that no candidate alone is best on the held-out lines
+    post = FakePosterior(truth, 0.0)
+    opts = GuardOptions(l1_iters=30, sense_iters=30, fallback_mix=True)
+    g = GuardedRecon(post, opts, _reference(1e-9))  # every slice flagged
+    r = g(*item)
+    k, mask, maps, ctx = item
+    err, resid = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
+    assert r.info["cv_error"] == pytest.approx(err)
+    a, b, w = classical_mix(err, resid)
+    assert r.info["cv_mix"] == {"a": a, "b": b, "weight": w}
+    want = w * g._classical(a, k, mask, maps) + (1 - w) * g._classical(b, k, mask, maps)
+    assert torch.allclose(r.image, want, atol=1e-6)
+    assert 0 < w < 1 and r.info["choice"] == "classical-mix"  # this slice mixes (L1-wavelet and CG-SENSE differ)
+    assert f"{w:.2f} x {a}" in r.info["reason"] and "cross-validated" in r.info["reason"]
+    # the mix's error is at most the worse of its two parts (convexity)
+    e = lambda x: float(((x - truth).abs() ** 2).sum())  # noqa: E731
+    assert e(r.image) <= max(e(g._classical(a, k, mask, maps)), e(g._classical(b, k, mask, maps))) + 1e-9
