@@ -11,7 +11,7 @@ script measures how well two rules choose, on the same masks as ``benchmarks/gua
   family (L1-wavelet / CG-SENSE), weight fitted on every held-out line (``recon.guard.classical_mix``,
   ``GuardOptions.fallback_mix``).
 
-Each rule's choice is written as a method folder (``choice-heldout``, ``choice-cv``); every candidate with all
+Each rule's choice is written as a method folder (``choice-heldout``, ``choice-cv``, ``choice-cvmix``); every candidate with all
 lines is written too, so the oracle (per-slice best candidate) and the figure's comparator (per slice
 max(L1-wavelet at the weight tuned on --val, CG-SENSE)) are scored from the same files. Reported per dataset and
 acceleration: mean PSNR, the rule - max(L1, SENSE) per slice (mean [95 % CI], worst slice), and the regret
@@ -69,7 +69,8 @@ class Choice:
         err, resid = self.guard.classical_cv(item, splits, self.candidates)
         if not err:  # no lines to hold out: CG-SENSE, said in the info
             return SliceResult(self.guard._classical("sense", k, mask, maps), {}, info={"choice": "sense", "errors": err})
-        a, b, w = classical_mix(err, resid) if self.rule == "cv-mix" else (min(err, key=err.get), "sense", 1.0)
+        best = min(err, key=err.get)
+        a, b, w = classical_mix(err, resid) if self.rule == "cv-mix" else (best, best, 1.0)
         x = self.guard._classical(a, k, mask, maps)
         if w < 1:
             x = w * x + (1 - w) * self.guard._classical(b, k, mask, maps)

@@ -181,14 +181,11 @@ class GuardedRecon:
             return []
         return selfval.cv_splits(mask, o.fallback_folds, derive_seed(ctx["file"], ctx["slice"], "guard-cv", o.seed))
 
-    def classical_errors(self, item, splits: list, candidates: list[str]) -> dict[str, float]:
-        """{candidate: held-out error energy (noise subtracted) summed over ``splits``}, each classical candidate
-        reconstructed without its split's lines; {} without splits."""
-        return self.classical_cv(item, splits, candidates)[0]
-
     def classical_cv(self, item, splits: list, candidates: list[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """``classical_errors`` and, per candidate, its held-out residuals y - F S x on every split's held-out
-        entries, concatenated over the splits (1-D complex; for ``classical_mix``); ({}, {}) without splits."""
+        """({candidate: held-out error energy (noise subtracted) summed over ``splits``}, {candidate: its held-out
+        residuals y - F S x on every split's held-out entries, concatenated over the splits (1-D complex; for
+        ``classical_mix``)}), each classical candidate reconstructed without its split's lines; ({}, {}) without
+        splits."""
         k, mask, maps, ctx = item
         sigma = float(ctx.get("noise_std", math.nan))
         if not math.isfinite(sigma):  # NaN errors would make min() pick the first candidate silently
@@ -285,23 +282,23 @@ class GuardedRecon:
             image = alpha * full.image + (1 - alpha) * with_all_lines(best_c)
             reason = (f"blend {alpha:.2f} x diffusion + {1 - alpha:.2f} x {best_c}: the held-out lines' best mix "
                       f"(diffusion alone {ood_db:+.2f} dB against {best_c})")
-        elif choice == "classical-mix":
-            a, b, w = mix
-            image = w * with_all_lines(a) + (1 - w) * with_all_lines(b)
-            reason = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
-                      f"prior's validation slices), so the prior is not used: {w:.2f} x {a} + {1 - w:.2f} x {b}, "
-                      f"the mix with the smallest cross-validated error ({o.fallback_folds} folds, every sampled "
-                      f"line held out once; diffusion {ood_db:+.2f} dB against {best_c})")
         else:
-            name, _, lam = choice.partition(":")
-            image = with_all_lines(choice)
-            what = f"{name}{f' (weight {lam})' if lam else ''}"
-            how = (f"cross-validated error ({o.fallback_folds} folds, every sampled line held out once)" if cv_error
-                   else "held-out error")
-            reason = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
-                      f"prior's validation slices), so the prior is not used: {what}, the smallest {how} "
-                      f"of the classical candidates (diffusion {ood_db:+.2f} dB against {best_c})" if fallback else
-                      f"{what}: its held-out error is {ood_db:.2f} dB below the diffusion posterior's")
+            not_used = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
+                        f"prior's validation slices), so the prior is not used")
+            folds = f"{o.fallback_folds} folds, every sampled line held out once"
+            if choice == "classical-mix":
+                a, b, w = mix
+                image = w * with_all_lines(a) + (1 - w) * with_all_lines(b)
+                reason = (f"{not_used}: {w:.2f} x {a} + {1 - w:.2f} x {b}, the mix with the smallest cross-validated "
+                          f"error ({folds}; diffusion {ood_db:+.2f} dB against {best_c})")
+            else:
+                name, _, lam = choice.partition(":")
+                image = with_all_lines(choice)
+                what = f"{name}{f' (weight {lam})' if lam else ''}"
+                how = f"cross-validated error ({folds})" if cv_error else "held-out error"
+                reason = (f"{not_used}: {what}, the smallest {how} of the classical candidates (diffusion "
+                          f"{ood_db:+.2f} dB against {best_c})" if fallback else
+                          f"{what}: its held-out error is {ood_db:.2f} dB below the diffusion posterior's")
         if diff_std is not None:
             scale = math.sqrt(max(1.0, ratio)) if math.isfinite(ratio) else 1.0
             std = diff_std * scale
