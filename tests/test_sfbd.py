@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -170,3 +172,37 @@ def test_sfbd_through_the_cli(prepared, tmp_path):
                                   str(tmp_path / "run"), "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "checkpoint.pt").exists() and "sfbd round 1" in r.output
+
+
+def test_draw_audit_closed_form():
+    """benchmarks/sfbd_draws.audit on a draw whose error is known: a cosine on one unmeasured phase-encode line
+    and one on a measured line with the energy of the noise. PSNR, the measured share and the per-line ratio
+    follow from Parseval; clean files are skipped."""
+    import math
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from sfbd_draws import audit
+
+    H, W = 16, 32
+    truth = torch.zeros(H, W, dtype=torch.complex64)
+    truth[4:12, 8:24] = 2.0
+    mask = torch.zeros(1, 1, W)
+    mask[..., ::2] = 1  # even columns measured
+    sigma = 0.05
+    col = torch.arange(W)
+    # a plane wave along the readout axis at frequency 3 (odd: unmeasured) and 4 (even: measured); the centred
+    # FFT puts column frequency f at index W/2 + f
+    un = 0.1 * torch.exp(2j * math.pi * 3 * col / W).to(torch.complex64).expand(H, W)
+    e_meas = sigma ** 2 * H  # the noise energy of one line: H entries
+    me = math.sqrt(e_meas / (H * W)) * torch.exp(2j * math.pi * 4 * col / W).to(torch.complex64).expand(H, W)
+    draw = truth + un + me
+    items = [{"id": "a.h5:0", "target": draw, "mask": mask, "noise_std": torch.tensor(sigma)},
+             {"id": "clean.h5:0", "target": truth + 5, "mask": mask, "noise_std": torch.tensor(sigma)}]
+    out = audit(items, {"a.h5:0": {"target": truth}, "clean.h5:0": {"target": truth}}, {"clean.h5"})
+    assert out["slices"] == 1
+    e_un = 0.01 * H * W
+    mse = (e_un + e_meas) / (H * W)
+    assert out["psnr"][0] == pytest.approx(10 * math.log10(4.0 / mse), abs=1e-6)
+    assert out["measured_share"] == pytest.approx(e_meas / (e_un + e_meas), rel=1e-6)
+    # the error energy averaged over the W/2 measured lines, over the noise energy of one line
+    assert out["measured_error_over_noise"] == pytest.approx(1 / (W // 2), rel=1e-6)
