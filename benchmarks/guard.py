@@ -190,6 +190,7 @@ def main(argv=None):
     ap.add_argument("--fraction", type=float, default=0.15)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--few-step", action="store_true", help="posterior runs with the 10-call dds recipe")
+    ap.add_argument("--cv-partner", action="store_true", help="GuardOptions.partner_cv (--guard-cv-partner)")
     ap.add_argument("--markdown", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -206,7 +207,8 @@ def main(argv=None):
     rows = []
     for dname, pname in todo:
         root = a.out / dname
-        g = guard_method(f"auto-{pname}", priors[pname], dev, fraction=a.fraction, folds=a.folds, few_step=a.few_step)
+        g = guard_method(f"auto-{pname}", priors[pname], dev, fraction=a.fraction, folds=a.folds, few_step=a.few_step,
+                         partner_cv=a.cv_partner)
         run_methods(Path(datasets[dname]), root, base + [g], Rs, dev, max_slices=a.max_slices, progress=False)
         for R in Rs:
             split_unguarded(root / f"auto-{pname}_R{R:g}", root / f"diffusion-{pname}_R{R:g}")

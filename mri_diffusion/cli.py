@@ -204,6 +204,10 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               help="--method auto, --guard-flagged classical: a flagged slice gets w x best + (1 - w) x the best of "
               "the other classical family (L1-wavelet / CG-SENSE), w fitted on the cross-validation folds, instead "
               "of the single best candidate.")
+@click.option("--guard-cv-partner/--no-guard-cv-partner", default=False, show_default=True,
+              help="--method auto, blend mode: on slices that are not flagged, choose the classical partner of the "
+              "blend by the --guard-cv-folds cross-validation instead of the --guard-folds held-out lines "
+              "(classical candidates rerun once per fold on every slice).")
 @click.option("--ood-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="--method auto: the prior's OOD reference (mridiff ood-reference). Default: "
               "<checkpoint>.ood.json when it exists (the shipped priors have one); without one the flag falls back "
@@ -215,12 +219,13 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
           guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio, guard_flag_score, guard_flagged,
-          guard_cv_folds, guard_cv_mix, ood_reference):
+          guard_cv_folds, guard_cv_mix, guard_cv_partner, ood_reference):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
     guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio",
-                  "guard_flag_score", "guard_flagged", "guard_cv_folds", "guard_cv_mix", "ood_reference")
+                  "guard_flag_score", "guard_flagged", "guard_cv_folds", "guard_cv_mix", "guard_cv_partner",
+                  "ood_reference")
     refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
                                 "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
                                 "l1_iters": ("l1-wavelet", "auto"), **{k: ("auto",) for k in guard_keys}})
@@ -247,9 +252,11 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
                                      sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
                                      flag_ratio=guard_flag_ratio, flag_score=guard_flag_score, flagged=guard_flagged,
                                      fallback_folds=guard_cv_folds, fallback_mix=guard_cv_mix, mode=guard_mode,
-                                     seed=seed)
+                                     partner_cv=guard_cv_partner, seed=seed)
             except ValueError as e:
-                raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
+                hint = "--guard-cv-partner" if "partner_cv" in str(e) else "--guard-l1-grid"
+                raise click.BadParameter(f"{guard_l1_grid!r}: {e}" if hint == "--guard-l1-grid" else str(e),
+                                         param_hint=hint) from None
         try:  # checked before the prior is loaded
             opts = parse_sampler_options(sampler, split_pairs(sampler_options, "--sampler-option"))
         except ValueError as e:

@@ -34,6 +34,9 @@ so the choice rests on all of them, not on the 4-6 lines that once picked L1-wav
 knee. Only the classical candidates are rerun, ``fallback_folds`` x (len(l1_grid) + 1) times, on flagged slices.
 With ``fallback_mix`` the flagged slice gets the cross-validated mix of the best candidate and the best of the
 other classical family instead (``classical_mix``).
+With ``partner_cv`` the same cross-validation also picks the blend's classical partner on the slices that are not
+flagged (the 4-6 held-out lines once paired the posterior with L1-wavelet 2.9 dB below CG-SENSE on a knee); it
+reruns the classical candidates ``fallback_folds`` times on every slice.
 The defaults are set a priori, not tuned (a factor 2 on the whole-image score; 0 dB; a factor 4 = 2x the error
 amplitude the posterior claims);
 BENCHMARKS.md, "Unseen anatomy", measures what they give: the held-out-line rule rests on 4-6 held-out lines
@@ -80,6 +83,8 @@ class GuardOptions:
                                 # calibration block (selfval.cv_splits); 0 = the guard's own held-out folds
     fallback_mix: bool = False  # that choice: the cross-validated mix of the best L1-wavelet and CG-SENSE
                                 # (classical_mix) instead of one candidate
+    partner_cv: bool = False    # blend mode, slices not flagged: the classical partner of the blend chosen by the
+                                # same cross-validation (fallback_folds) instead of the guard's held-out lines
     mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
                                 # choose: the candidate with the smallest held-out error
     seed: int = 0
@@ -95,6 +100,8 @@ class GuardOptions:
             raise ValueError(f"guard flag_score must be > 0, got {self.flag_score}")
         if self.fallback_folds == 1 or self.fallback_folds < 0:
             raise ValueError(f"guard fallback_folds must be 0 or >= 2, got {self.fallback_folds}")
+        if self.partner_cv and self.fallback_folds < 2:
+            raise ValueError("guard partner_cv needs cross-validation folds (fallback_folds >= 2)")
         if self.folds < 1 or not self.l1_grid or min(self.l1_grid) <= 0:
             raise ValueError(f"guard needs folds >= 1 and positive L1 weights, got {self.folds}, {self.l1_grid}")
 
@@ -245,7 +252,13 @@ class GuardedRecon:
             if full.samples is not None else math.nan
         classical = {c: e for c, e in held.items() if c != "diffusion"}
         best_c = min(classical, key=classical.get)
-        r_d, r_c = torch.cat(resid["diffusion"]), torch.cat(resid[best_c])
+        # flagged by the score (flagged="classical"): the prior is not used, and cross-validation over every sampled
+        # line picks the classical reconstruction; partner_cv: the same folds pick the blend's classical partner
+        fallback = bool(score_flag) and o.flagged == "classical"
+        use_cv = fallback or (o.partner_cv and o.mode == "blend")
+        cv_error, cv_resid = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) if use_cv else ({}, {})
+        partner = min(cv_error, key=cv_error.get) if cv_error and not fallback else best_c
+        r_d, r_c = torch.cat(resid["diffusion"]), torch.cat(resid[partner])
         alpha = selfval.blend_weight(r_d, r_c)
         held["blend"] = float(((alpha * r_d + (1 - alpha) * r_c).abs() ** 2).sum()) - noise  # in-sample (1 parameter)
         energy = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
@@ -259,11 +272,8 @@ class GuardedRecon:
         ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
         ratio = held["diffusion"] / predicted if predicted > 0 and math.isfinite(predicted) else math.nan
         flag = score_flag if score_flag is not None else held_out_flag(ood_db, ratio, o)
-        # flagged by the score (flagged="classical"): the prior is not used; otherwise choose: the smallest
-        # held-out error on the same lines (the ratio estimate ranks them the same way); blend: the weight alpha
-        # that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_best
-        fallback = bool(score_flag) and o.flagged == "classical"
-        cv_error, cv_resid = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) if fallback else ({}, {})
+        # not flagged, choose: the smallest held-out error on the same lines (the ratio estimate ranks them the same
+        # way); blend: the weight alpha that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_partner
         mix = None  # (a, b, w): the flagged slice's cross-validated mix w x_a + (1 - w) x_b (fallback_mix)
         if fallback:
             choice, alpha = (min(cv_error, key=cv_error.get) if cv_error else best_c), 0.0
@@ -274,14 +284,15 @@ class GuardedRecon:
             choice = min(self.candidates, key=lambda c: held[c])  # stable: diffusion first on ties
             alpha = 1.0 if choice == "diffusion" else 0.0
         else:
-            choice = "diffusion" if alpha >= 1 else best_c if alpha <= 0 else "blend"
+            choice = "diffusion" if alpha >= 1 else partner if alpha <= 0 else "blend"
         if choice == "diffusion":
             image = full.image
             reason = f"diffusion: held-out error {ood_db:+.2f} dB against the best classical ({best_c})"
         elif choice == "blend":
-            image = alpha * full.image + (1 - alpha) * with_all_lines(best_c)
-            reason = (f"blend {alpha:.2f} x diffusion + {1 - alpha:.2f} x {best_c}: the held-out lines' best mix "
-                      f"(diffusion alone {ood_db:+.2f} dB against {best_c})")
+            image = alpha * full.image + (1 - alpha) * with_all_lines(partner)
+            how = f", {partner} chosen by {o.fallback_folds}-fold cross-validation" if cv_error else ""
+            reason = (f"blend {alpha:.2f} x diffusion + {1 - alpha:.2f} x {partner}: the held-out lines' best mix"
+                      f"{how} (diffusion alone {ood_db:+.2f} dB against {best_c})")
         else:
             not_used = (f"out of distribution (the denoiser changes this slice {score_ratio:.1f} x as much as the "
                         f"prior's validation slices), so the prior is not used")
@@ -305,7 +316,7 @@ class GuardedRecon:
             if choice != "diffusion":
                 std = torch.sqrt(std ** 2 + (image - full.image).abs() ** 2)
             extra["reconstruction_std"] = std
-        info = {"choice": choice, "alpha": alpha, "blend_with": best_c, "reason": reason, "ood_flag": flag,
+        info = {"choice": choice, "alpha": alpha, "blend_with": partner, "reason": reason, "ood_flag": flag,
                 "ood_db": ood_db, "calibration_ratio": ratio, "ood_score": score, "ood_score_ratio": score_ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
                 "held_out_error": held, "cv_error": cv_error,

@@ -389,3 +389,29 @@ def test_guard_fallback_mix_on_a_flagged_slice_is_the_cross_validated_mix():
     # the mix's error is at most the worse of its two parts (convexity)
     e = lambda x: float(((x - truth).abs() ** 2).sum())  # noqa: E731
     assert e(r.image) <= max(e(g._classical(a, k, mask, maps)), e(g._classical(b, k, mask, maps))) + 1e-9
+
+
+def test_guard_partner_cv_blends_with_the_cross_validated_classical_choice():
+    """partner_cv=True on a slice that is not flagged (no OOD reference, blend mode): the blend's classical partner
+    is the candidate with the smallest K-fold cross-validated error (``classical_cv``), refitted on all lines, and
+    the image is alpha x posterior mean + (1 - alpha) x that partner."""
+    truth, item = _slice(C=8, sigma=0.03)
+    H, W = truth.shape
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
+    blob = 0.5 * (((yy - 0.1) / 0.25) ** 2 + ((xx - 0.1) / 0.15) ** 2 < 1).to(torch.complex64)
+    g = GuardedRecon(FakePosterior(truth, blob), GuardOptions(l1_iters=30, sense_iters=30, partner_cv=True))
+    r = g(*item)
+    k, mask, maps, ctx = item
+    err, _ = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
+    partner = min(err, key=err.get)
+    assert r.info["cv_error"] == pytest.approx(err) and r.info["blend_with"] == partner
+    a = r.info["alpha"]
+    assert 0 < a < 1 and r.info["choice"] == "blend" and "cross-validation" in r.info["reason"]
+    post = FakePosterior(truth, blob).batch([item])[0].image
+    want = a * post + (1 - a) * g._classical(partner, k, mask, maps)
+    assert torch.allclose(r.image, want, atol=1e-6)
+    # off (the default): no cross-validation on a slice that is not flagged
+    r0 = GuardedRecon(FakePosterior(truth, blob), GuardOptions(l1_iters=30, sense_iters=30))(*item)
+    assert r0.info["cv_error"] == {}
+    with pytest.raises(ValueError, match="partner_cv"):
+        GuardOptions(partner_cv=True, fallback_folds=0)
