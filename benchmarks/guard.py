@@ -190,7 +190,8 @@ def main(argv=None):
     ap.add_argument("--fraction", type=float, default=0.15)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--few-step", action="store_true", help="posterior runs with the 10-call dds recipe")
-    ap.add_argument("--cv-partner", action="store_true", help="GuardOptions.partner_cv (--guard-cv-partner)")
+    ap.add_argument("--no-cv-partner", dest="cv_partner", action="store_false",
+                    help="GuardOptions.partner_cv=False (--no-guard-cv-partner): the blend's partner by held-out lines")
     ap.add_argument("--markdown", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.manual_seed(0)

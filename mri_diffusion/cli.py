@@ -204,10 +204,10 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               help="--method auto, --guard-flagged classical: a flagged slice gets w x best + (1 - w) x the best of "
               "the other classical family (L1-wavelet / CG-SENSE), w fitted on the cross-validation folds, instead "
               "of the single best candidate.")
-@click.option("--guard-cv-partner/--no-guard-cv-partner", default=False, show_default=True,
+@click.option("--guard-cv-partner/--no-guard-cv-partner", default=True, show_default=True,
               help="--method auto, blend mode: on slices that are not flagged, choose the classical partner of the "
-              "blend by the --guard-cv-folds cross-validation instead of the --guard-folds held-out lines "
-              "(classical candidates rerun once per fold on every slice).")
+              "blend by the --guard-cv-folds cross-validation (classical candidates rerun once per fold on every "
+              "slice); --no-guard-cv-partner or --guard-cv-folds 0: by the --guard-folds held-out lines.")
 @click.option("--ood-reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="--method auto: the prior's OOD reference (mridiff ood-reference). Default: "
               "<checkpoint>.ood.json when it exists (the shipped priors have one); without one the flag falls back "
@@ -254,9 +254,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
                                      fallback_folds=guard_cv_folds, fallback_mix=guard_cv_mix, mode=guard_mode,
                                      partner_cv=guard_cv_partner, seed=seed)
             except ValueError as e:
-                hint = "--guard-cv-partner" if "partner_cv" in str(e) else "--guard-l1-grid"
-                raise click.BadParameter(f"{guard_l1_grid!r}: {e}" if hint == "--guard-l1-grid" else str(e),
-                                         param_hint=hint) from None
+                raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded
             opts = parse_sampler_options(sampler, split_pairs(sampler_options, "--sampler-option"))
         except ValueError as e:

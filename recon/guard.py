@@ -34,9 +34,11 @@ so the choice rests on all of them, not on the 4-6 lines that once picked L1-wav
 knee. Only the classical candidates are rerun, ``fallback_folds`` x (len(l1_grid) + 1) times, on flagged slices.
 With ``fallback_mix`` the flagged slice gets the cross-validated mix of the best candidate and the best of the
 other classical family instead (``classical_mix``).
-With ``partner_cv`` the same cross-validation also picks the blend's classical partner on the slices that are not
-flagged (the 4-6 held-out lines once paired the posterior with L1-wavelet 2.9 dB below CG-SENSE on a knee); it
-reruns the classical candidates ``fallback_folds`` times on every slice.
+With ``partner_cv`` (default) the same cross-validation also picks the blend's classical partner on the slices
+that are not flagged: the 4-6 held-out lines had paired the posterior with L1-wavelet 2.9 dB below CG-SENSE on a
+knee (BENCHMARKS.md, "The blend's classical partner by cross-validation"). It reruns the classical candidates
+``fallback_folds`` times on every slice; the blend weight alpha is still fitted on the guard's held-out lines,
+where the posterior was rerun without them.
 The defaults are set a priori, not tuned (a factor 2 on the whole-image score; 0 dB; a factor 4 = 2x the error
 amplitude the posterior claims);
 BENCHMARKS.md, "Unseen anatomy", measures what they give: the held-out-line rule rests on 4-6 held-out lines
@@ -83,8 +85,8 @@ class GuardOptions:
                                 # calibration block (selfval.cv_splits); 0 = the guard's own held-out folds
     fallback_mix: bool = False  # that choice: the cross-validated mix of the best L1-wavelet and CG-SENSE
                                 # (classical_mix) instead of one candidate
-    partner_cv: bool = False    # blend mode, slices not flagged: the classical partner of the blend chosen by the
-                                # same cross-validation (fallback_folds) instead of the guard's held-out lines
+    partner_cv: bool = True     # blend mode, slices not flagged: the classical partner of the blend chosen by the
+                                # same cross-validation (fallback_folds; 0: the guard's held-out lines)
     mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
                                 # choose: the candidate with the smallest held-out error
     seed: int = 0
@@ -100,8 +102,6 @@ class GuardOptions:
             raise ValueError(f"guard flag_score must be > 0, got {self.flag_score}")
         if self.fallback_folds == 1 or self.fallback_folds < 0:
             raise ValueError(f"guard fallback_folds must be 0 or >= 2, got {self.fallback_folds}")
-        if self.partner_cv and self.fallback_folds < 2:
-            raise ValueError("guard partner_cv needs cross-validation folds (fallback_folds >= 2)")
         if self.folds < 1 or not self.l1_grid or min(self.l1_grid) <= 0:
             raise ValueError(f"guard needs folds >= 1 and positive L1 weights, got {self.folds}, {self.l1_grid}")
 

@@ -399,7 +399,7 @@ def test_guard_partner_cv_blends_with_the_cross_validated_classical_choice():
     H, W = truth.shape
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, H), torch.linspace(-1, 1, W), indexing="ij")
     blob = 0.5 * (((yy - 0.1) / 0.25) ** 2 + ((xx - 0.1) / 0.15) ** 2 < 1).to(torch.complex64)
-    g = GuardedRecon(FakePosterior(truth, blob), GuardOptions(l1_iters=30, sense_iters=30, partner_cv=True))
+    g = GuardedRecon(FakePosterior(truth, blob), GuardOptions(l1_iters=30, sense_iters=30))  # partner_cv: default
     r = g(*item)
     k, mask, maps, ctx = item
     err, _ = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
@@ -410,8 +410,11 @@ def test_guard_partner_cv_blends_with_the_cross_validated_classical_choice():
     post = FakePosterior(truth, blob).batch([item])[0].image
     want = a * post + (1 - a) * g._classical(partner, k, mask, maps)
     assert torch.allclose(r.image, want, atol=1e-6)
-    # off (the default): no cross-validation on a slice that is not flagged
-    r0 = GuardedRecon(FakePosterior(truth, blob), GuardOptions(l1_iters=30, sense_iters=30))(*item)
-    assert r0.info["cv_error"] == {}
-    with pytest.raises(ValueError, match="partner_cv"):
-        GuardOptions(partner_cv=True, fallback_folds=0)
+    # off, or no cross-validation folds: the held-out lines pick the partner and nothing else is rerun
+    held = lambda i: min((c for c in i["held_out_error"] if c not in ("diffusion", "blend")),  # noqa: E731
+                         key=i["held_out_error"].get)
+    for o in (GuardOptions(l1_iters=30, sense_iters=30, partner_cv=False),
+              GuardOptions(l1_iters=30, sense_iters=30, fallback_folds=0)):
+        r0 = GuardedRecon(FakePosterior(truth, blob), o)(*item)
+        assert r0.info["cv_error"] == {} and r0.info["blend_with"] == held(r0.info)
+        assert "cross-validation" not in r0.info["reason"]
