@@ -307,9 +307,14 @@ class GuardedRecon:
                 image = with_all_lines(choice)
                 what = f"{name}{f' (weight {lam})' if lam else ''}"
                 how = f"cross-validated error ({folds})" if cv_error else "held-out error"
-                reason = (f"{not_used}: {what}, the smallest {how} of the classical candidates (diffusion "
-                          f"{ood_db:+.2f} dB against {best_c})" if fallback else
-                          f"{what}: its held-out error is {ood_db:.2f} dB below the diffusion posterior's")
+                if fallback:
+                    reason = (f"{not_used}: {what}, the smallest {how} of the classical candidates (diffusion "
+                              f"{ood_db:+.2f} dB against {best_c})")
+                elif o.mode == "blend":  # alpha = 0: the mix with the partner gives the posterior no weight
+                    reason = (f"{what}: the held-out lines' best mix gives the diffusion posterior no weight "
+                              f"(diffusion alone {ood_db:+.2f} dB against {best_c})")
+                else:
+                    reason = f"{what}: its held-out error is {ood_db:.2f} dB below the diffusion posterior's"
         if diff_std is not None:
             scale = math.sqrt(max(1.0, ratio)) if math.isfinite(ratio) else 1.0
             std = diff_std * scale
