@@ -41,17 +41,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from paired import ci95  # noqa: E402
 from mri_diffusion.data import PreparedDataset  # noqa: E402
 from mri_diffusion.physics.fft import fft2c  # noqa: E402
+from recon.sfbd import _file_of  # noqa: E402
 
 
-def audit(items, truth: dict[str, dict], clean: set[str]) -> dict:
+def audit(items, truth: dict[str, torch.Tensor], clean: set[str]) -> dict:
     """Per-slice figures (module doc) of the draws ``items`` (dicts with id, target = the draw, mask, noise_std),
-    over the undersampled slices (files in ``clean`` are skipped: their targets are the truth)."""
+    over the undersampled slices (files in ``clean`` are skipped: their targets are the truth); ``truth``: slice id
+    -> true complex image (H, W)."""
     psnr, share, per_line = [], [], []
     for it in items:
-        if it["id"].rsplit(":", 1)[0] in clean:
+        if _file_of(it["id"]) in clean:
             continue
-        t = truth[it["id"]]
-        x, y = torch.as_tensor(it["target"]).to(torch.complex128), t["target"].to(torch.complex128)
+        x, y = torch.as_tensor(it["target"]).to(torch.complex128), truth[it["id"]].to(torch.complex128)
         if x.shape != y.shape:
             raise ValueError(f"slice {it['id']}: draw {tuple(x.shape)} vs truth {tuple(y.shape)}")
         err = x - y
@@ -73,10 +74,8 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     ref = PreparedDataset(a.truth, with_targets=True)
-    truth = {}
-    for i in range(len(ref)):
-        it = ref[i]
-        truth[it["id"]] = {"target": it["target"]}
+    items = [ref[i] for i in range(len(ref))]
+    truth = {it["id"]: it["target"] for it in items}
     rows = []
     for run in a.run:
         rounds = sorted((run / "rounds").iterdir(), key=lambda p: int(p.name)) if (run / "rounds").is_dir() else []
@@ -95,13 +94,12 @@ def main(argv=None):
         from recon.sfbd import backward_step, clean_split, slice_ids
 
         cfg = TrainConfig.from_yaml(a.run[0] / "config.yaml").sfbd
-        data = PreparedDataset(a.truth)
-        clean, _, under = clean_split(slice_ids(data), cfg, str(a.truth))
+        clean, _, under = clean_split(slice_ids(ref), cfg, str(a.truth))
         for spec in a.prior:
             name, ckpt = spec.split("=", 1)
-            est, rec = backward_step(resolve_checkpoint(ckpt), data, under, cfg, 1, torch.device("cpu"))
-            items = ({**{k: data[i][k] for k in ("id", "mask", "noise_std")}, "target": est[i]} for i in under)
-            row = {"run": name, "round": 1, "estimate": rec["estimate"], **audit(items, truth, set(clean))}
+            est, rec = backward_step(resolve_checkpoint(ckpt), ref, under, cfg, 1, torch.device("cpu"))
+            draws = ({**items[i], "target": est[i]} for i in under)
+            row = {"run": name, "round": 1, "estimate": rec["estimate"], **audit(draws, truth, set(clean))}
             rows.append(row)
             print(json.dumps(row), flush=True)
     ci = lambda c: f"{c[0]:.2f} [{c[1]:.2f}, {c[2]:.2f}]"  # noqa: E731

@@ -257,7 +257,8 @@ class GuardedRecon:
         fallback = bool(score_flag) and o.flagged == "classical"
         use_cv = fallback or (o.partner_cv and o.mode == "blend")
         cv_error, cv_resid = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) if use_cv else ({}, {})
-        partner = min(cv_error, key=cv_error.get) if cv_error and not fallback else best_c
+        cv_best = min(cv_error, key=cv_error.get) if cv_error else best_c
+        partner = best_c if fallback else cv_best  # a flagged slice is not blended: alpha is set to 0 below
         r_d, r_c = torch.cat(resid["diffusion"]), torch.cat(resid[partner])
         alpha = selfval.blend_weight(r_d, r_c)
         held["blend"] = float(((alpha * r_d + (1 - alpha) * r_c).abs() ** 2).sum()) - noise  # in-sample (1 parameter)
@@ -276,7 +277,7 @@ class GuardedRecon:
         # way); blend: the weight alpha that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_partner
         mix = None  # (a, b, w): the flagged slice's cross-validated mix w x_a + (1 - w) x_b (fallback_mix)
         if fallback:
-            choice, alpha = (min(cv_error, key=cv_error.get) if cv_error else best_c), 0.0
+            choice, alpha = cv_best, 0.0
             if cv_error and o.fallback_mix:
                 mix = classical_mix(cv_error, cv_resid)
                 choice = mix[0] if mix[2] >= 1 else mix[1] if mix[2] <= 0 else "classical-mix"

@@ -175,7 +175,7 @@ def test_sfbd_through_the_cli(prepared, tmp_path):
 
 
 def test_draw_audit_closed_form():
-    """benchmarks/sfbd_draws.audit on a draw whose error is known: a cosine on one unmeasured phase-encode line
+    """benchmarks/sfbd_draws.audit on a draw whose error is known: a plane wave on one unmeasured phase-encode line
     and one on a measured line with the energy of the noise. PSNR, the measured share and the per-line ratio
     follow from Parseval; clean files are skipped."""
     import math
@@ -198,7 +198,7 @@ def test_draw_audit_closed_form():
     draw = truth + un + me
     items = [{"id": "a.h5:0", "target": draw, "mask": mask, "noise_std": torch.tensor(sigma)},
              {"id": "clean.h5:0", "target": truth + 5, "mask": mask, "noise_std": torch.tensor(sigma)}]
-    out = audit(items, {"a.h5:0": {"target": truth}, "clean.h5:0": {"target": truth}}, {"clean.h5"})
+    out = audit(items, {"a.h5:0": truth, "clean.h5:0": truth}, {"clean.h5"})
     assert out["slices"] == 1
     e_un = 0.01 * H * W
     mse = (e_un + e_meas) / (H * W)
