@@ -2,17 +2,20 @@
 
 A slice the OOD score flags gets a classical reconstruction (``recon.guard``, ``flagged="classical"``): one of
 L1-wavelet at the weights of ``GuardOptions.l1_grid`` and CG-SENSE, chosen from the measurements alone. This
-script measures how well two rules choose, on the same masks as ``benchmarks/guard.py`` (``run_methods``):
+script measures how well these rules choose, on the same masks as ``benchmarks/guard.py`` (``run_methods``):
 
 - ``held-out``: the guard's own folds (``fraction`` 0.15, 2 folds: 4-6 lines per slice);
 - ``cv``: K-fold cross-validation, every sampled line outside the calibration block held out once
   (``GuardOptions.fallback_folds``, ``selfval.cv_splits``);
+- ``cv-1se``: the same folds, the one-standard-error rule (``recon.guard.one_se_choice``,
+  ``GuardOptions.fallback_rule="1se"``): CG-SENSE unless the best L1-wavelet weight is better by more than one
+  standard error of the per-line differences;
 - ``cv-mix``: the same folds, but the cross-validated mix of the best candidate and the best of the other
   family (L1-wavelet / CG-SENSE), weight fitted on every held-out line (``recon.guard.classical_mix``,
   ``GuardOptions.fallback_mix``).
 
-Each rule's choice is written as a method folder (``choice-heldout``, ``choice-cv``, ``choice-cvmix``); every candidate with all
-lines is written too, so the oracle (per-slice best candidate) and the figure's comparator (per slice
+Each rule's choice is written as a method folder (``choice-heldout``, ``choice-cv``, ``choice-cvmix``,
+``choice-cv1se``); every candidate with all lines is written too, so the oracle (per-slice best candidate) and the figure's comparator (per slice
 max(L1-wavelet at the weight tuned on --val, CG-SENSE)) are scored from the same files. Reported per dataset and
 acceleration: mean PSNR, the rule - max(L1, SENSE) per slice (mean [95 % CI], worst slice), and the regret
 against the oracle candidate.
@@ -39,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from paired import ci95, per_slice  # noqa: E402
 from recon.experiment import Method, baseline_methods, machine_line, run_methods  # noqa: E402
-from recon.guard import GuardedRecon, GuardOptions, classical_mix  # noqa: E402
+from recon.guard import GuardedRecon, GuardOptions, classical_mix, one_se_choice  # noqa: E402
 from recon.pipeline import SliceResult  # noqa: E402
 
 
@@ -66,10 +69,10 @@ class Choice:
     def __call__(self, k, mask, maps, ctx) -> SliceResult:
         item = (k, mask, maps, ctx)
         splits = self.guard.held_out_splits(mask, ctx) if self.rule == "held-out" else self.guard.cv_splits(mask, ctx)
-        err, resid = self.guard.classical_cv(item, splits, self.candidates)
+        err, resid, lines = self.guard.classical_cv(item, splits, self.candidates)
         if not err:  # no lines to hold out: CG-SENSE, said in the info
             return SliceResult(self.guard._classical("sense", k, mask, maps), {}, info={"choice": "sense", "errors": err})
-        best = min(err, key=err.get)
+        best = one_se_choice(err, lines) if self.rule == "cv-1se" else min(err, key=err.get)
         a, b, w = classical_mix(err, resid) if self.rule == "cv-mix" else (best, best, 1.0)
         x = self.guard._classical(a, k, mask, maps)
         if w < 1:
@@ -101,7 +104,7 @@ def main(argv=None):
     cand = [Method(f"cand-{c.replace(':', '-')}", lambda R, c=c: Candidate(guard, c), virtual_coils=vc)
             for c in guard.candidates[1:]]
     rules = [Method(f"choice-{r.replace('-', '')}", lambda R, r=r: Choice(guard, r), virtual_coils=vc,
-                    attrs={"folds": a.folds, "rule": r}) for r in ("held-out", "cv", "cv-mix")]
+                    attrs={"folds": a.folds, "rule": r}) for r in ("held-out", "cv", "cv-mix", "cv-1se")]
     rows = []
     for spec in a.dataset:
         name, folder = spec.split("=", 1)
@@ -126,15 +129,17 @@ def main(argv=None):
     lines = [f"Machine: {machine_line(dev)}; {(time.perf_counter() - t0) / 60:.0f} min.", "",
              "| data | R | slices (vols) | L1 / SENSE | held-out rule - max(L1, SENSE) (worst) | "
              f"{a.folds}-fold CV - max(L1, SENSE) (worst) | CV mix - max(L1, SENSE) (worst) | "
-             "regret vs oracle: held-out / CV / CV mix | oracle - max |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "CV one-SE rule - max(L1, SENSE) (worst) | regret vs oracle: held-out / CV / CV mix / one-SE | "
+             "oracle - max |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        h, c, x = r["choice-heldout"], r["choice-cv"], r["choice-cvmix"]
+        h, c, x, o = r["choice-heldout"], r["choice-cv"], r["choice-cvmix"], r["choice-cv1se"]
         lines.append(f"| {r['data']} | {r['R']:g} | {r['slices']} ({r['volumes']}) | {r['psnr']['l1-wavelet']:.2f} / "
                      f"{r['psnr']['sense']:.2f} | {ci(h['minus_max_l1_sense'])} ({h['worst']:+.2f}) | "
                      f"{ci(c['minus_max_l1_sense'])} ({c['worst']:+.2f}) | {ci(x['minus_max_l1_sense'])} "
-                     f"({x['worst']:+.2f}) | {h['regret_vs_oracle']:.2f} / {c['regret_vs_oracle']:.2f} / "
-                     f"{x['regret_vs_oracle']:.2f} | {r['oracle_minus_max_l1_sense']:+.2f} |")
+                     f"({x['worst']:+.2f}) | {ci(o['minus_max_l1_sense'])} ({o['worst']:+.2f}) | "
+                     f"{h['regret_vs_oracle']:.2f} / {c['regret_vs_oracle']:.2f} / {x['regret_vs_oracle']:.2f} / "
+                     f"{o['regret_vs_oracle']:.2f} | {r['oracle_minus_max_l1_sense']:+.2f} |")
     print("\n".join(lines))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "choice.json").write_text(json.dumps(rows, indent=1))

@@ -12,8 +12,10 @@ Reported (markdown + JSON):
   ``recon.ood`` when the prior has a reference, and in brackets the held-out-line rule); the share of the
   slices where the unguarded diffusion loses to L1-wavelet that are flagged (recall);
 - Spearman rank correlation within the dataset between the held-out estimate of PSNR (``recon.selfval``:
-  measurements only, the reconstruction's own volume maximum as range) and the true PSNR, over slices x
-  {diffusion, L1-wavelet at its tuned weight, CG-SENSE};
+  measurements only, the CG-SENSE volume maximum as range for every method) and the true PSNR, over slices x
+  {diffusion, L1-wavelet at its tuned weight, CG-SENSE}, for the guard's estimate (each candidate's ratio
+  estimate with its own auxiliary, ``selfval.expected_energy``) and the older one (the posterior spread as
+  auxiliary for every candidate);
 - calibration of the std map (``recon.uncertainty.calibration``): the unguarded posterior std against the
   unguarded error, and the guard's std against the guarded error.
 
@@ -128,20 +130,25 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     for s in keys:
         c = infos[s]["choice"].split(":")[0]
         choices[c] = choices.get(c, 0) + 1
-    # held-out PSNR estimate per (slice, method) with each method's own volume maximum as range
-    peaks = {"diffusion": volume_peaks(diff), "l1-wavelet": volume_peaks(root / f"l1-wavelet_R{R:g}"),
-             "sense": volume_peaks(root / f"sense_R{R:g}")}
+    # held-out PSNR estimate per (slice, method), one range for every method: the CG-SENSE volume maximum (the
+    # fastMRI range is the target's volume maximum, which does not depend on the method; a method's own maximum
+    # would reward an artefact's bright spike). Two estimators: each candidate's own auxiliary (est_mse) and the
+    # posterior spread for all (est_mse_spread, before 2026-12-03).
+    peaks = volume_peaks(root / f"sense_R{R:g}")
     cand = {"diffusion": "diffusion", "l1-wavelet": f"l1-wavelet:{l1_lambda:g}", "sense": "sense"}
-    est, true = [], []
+    ests: dict[str, list] = {"est_mse": [], "est_mse_spread": []}
+    true = []
     for s in keys:
         info = infos[s]
         for meth, c in cand.items():
             if c not in info.get("est_mse", {}):
                 continue
-            mse = info["est_mse"][c] * info["scale"] ** 2
-            est.append(10 * math.log10(peaks[meth][s[0]] ** 2 / mse) if mse > 0 else math.inf)
+            for key, out in ests.items():
+                mse = info.get(key, info["est_mse"])[c] * info["scale"] ** 2
+                out.append(10 * math.log10(peaks[s[0]] ** 2 / mse) if mse > 0 else math.inf)
             true.append(m[meth][s]["psnr"])
-    rho = float(stats.spearmanr(est, true).statistic) if len(est) > 2 else math.nan
+    est = ests["est_mse"]
+    rho = {k: float(stats.spearmanr(v, true).statistic) if len(v) > 2 else math.nan for k, v in ests.items()}
     return {"prior": prior, "R": R, "slices": len(keys), "volumes": len({s[0] for s in keys}), "psnr": mean,
             "best_baseline": best, "auto_minus_best": ci95(d_best), "auto_minus_best_worst": float(d_best.min()),
             "auto_minus_slice_max_worst": float(d_max.min()), "auto_minus_diffusion": ci95(d_diff),
@@ -150,7 +157,7 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             "flagged_held_out_rule": float(held.mean()),
             "flag_recall_held_out_rule": float(held[loses].mean()) if loses.any() else math.nan,
             "score_ratio": [float(infos[s].get("ood_score_ratio", math.nan)) for s in keys],
-            "spearman_est_vs_true": rho, "est_pairs": len(est),
+            "spearman_est_vs_true": rho["est_mse"], "spearman_spread_aux": rho["est_mse_spread"], "est_pairs": len(est),
             "est_bias_db": float(np.mean([e - t for e, t in zip(est, true) if math.isfinite(e)])) if est else math.nan,
             "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
 
@@ -161,7 +168,7 @@ def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
              "| data | prior | R | slices (vols) | PSNR diff / L1 / SENSE / guarded | guarded - best baseline [95 % CI] "
              "(worst slice) | guarded - diffusion [95 % CI] | diffusion - L1 | flagged (held-out rule) "
              "| flag recall, diffusion < L1 (held-out rule) "
-             "| choices | Spearman(est, true) | std corr / within 2 std: before -> after |",
+             "| choices | Spearman(est, true): own aux / spread aux | std corr / within 2 std: before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["psnr"]
@@ -173,7 +180,8 @@ def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
             f"{p['l1-wavelet']:.2f} / {p['sense']:.2f} / {p['auto']:.2f} | {ci(r['auto_minus_best'])} vs "
             f"{r['best_baseline']} ({r['auto_minus_best_worst']:+.2f}) | {ci(r['auto_minus_diffusion'])} | "
             f"{ci(r['diffusion_minus_l1'])} | {100 * r['flagged']:.0f} % ({100 * r['flagged_held_out_rule']:.0f} %) | {rec} | "
-            f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} | "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} / "
+            f"{r['spearman_spread_aux']:.2f} | "
             f"{b['corr']:.2f} / {100 * b['within_2std']:.0f} % -> {a['corr']:.2f} / {100 * a['within_2std']:.0f} % |")
     return lines
 
@@ -190,6 +198,8 @@ def main(argv=None):
     ap.add_argument("--fraction", type=float, default=0.15)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--few-step", action="store_true", help="posterior runs with the 10-call dds recipe")
+    ap.add_argument("--cv-rule", choices=("min", "1se"), default=GuardOptions.fallback_rule,
+                    help="GuardOptions.fallback_rule (--guard-cv-rule)")
     ap.add_argument("--no-cv-partner", dest="cv_partner", action="store_false",
                     help="GuardOptions.partner_cv=False (--no-guard-cv-partner): the blend's partner by held-out lines")
     ap.add_argument("--markdown", type=Path, default=None)
@@ -209,7 +219,7 @@ def main(argv=None):
     for dname, pname in todo:
         root = a.out / dname
         g = guard_method(f"auto-{pname}", priors[pname], dev, fraction=a.fraction, folds=a.folds, few_step=a.few_step,
-                         partner_cv=a.cv_partner)
+                         partner_cv=a.cv_partner, fallback_rule=a.cv_rule)
         run_methods(Path(datasets[dname]), root, base + [g], Rs, dev, max_slices=a.max_slices, progress=False)
         for R in Rs:
             split_unguarded(root / f"auto-{pname}_R{R:g}", root / f"diffusion-{pname}_R{R:g}")

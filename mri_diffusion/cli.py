@@ -204,6 +204,10 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               help="--method auto, --guard-flagged classical: a flagged slice gets w x best + (1 - w) x the best of "
               "the other classical family (L1-wavelet / CG-SENSE), w fitted on the cross-validation folds, instead "
               "of the single best candidate.")
+@click.option("--guard-cv-rule", type=click.Choice(["min", "1se"]), default="min", show_default=True,
+              help="--method auto: how the cross-validation picks the classical reconstruction (flagged slices and "
+              "the blend's partner): min = the smallest cross-validated error; 1se = CG-SENSE unless an L1-wavelet "
+              "weight beats it by more than one standard error of the per-line differences.")
 @click.option("--guard-cv-partner/--no-guard-cv-partner", default=True, show_default=True,
               help="--method auto, blend mode: on slices that are not flagged, choose the classical partner of the "
               "blend by the --guard-cv-folds cross-validation (classical candidates rerun once per fold on every "
@@ -219,12 +223,13 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
           mask_kind, acceleration, center_fraction, seed, sense_iters, sense_lambda, l1_lambda, l1_iters, max_slices,
           noise_std, challenge, virtual_coils, batch_slices, device, overwrite, keep_going, quiet, guard_fraction,
           guard_folds, guard_l1_grid, guard_mode, guard_flag_db, guard_flag_ratio, guard_flag_score, guard_flagged,
-          guard_cv_folds, guard_cv_mix, guard_cv_partner, ood_reference):
+          guard_cv_folds, guard_cv_mix, guard_cv_rule, guard_cv_partner, ood_reference):
     """Reconstruct fastMRI .h5 files or folders (classical methods or posterior sampling with a prior)."""
     from recon.pipeline import MaskSpec, RunFailed, classical_method, run
 
     guard_keys = ("guard_fraction", "guard_folds", "guard_l1_grid", "guard_mode", "guard_flag_db", "guard_flag_ratio",
-                  "guard_flag_score", "guard_flagged", "guard_cv_folds", "guard_cv_mix", "guard_cv_partner",
+                  "guard_flag_score", "guard_flagged", "guard_cv_folds", "guard_cv_mix", "guard_cv_rule",
+                  "guard_cv_partner",
                   "ood_reference")
     refuse_unused(ctx, method, {**{k: ("diffusion", "auto") for k in DIFFUSION_ONLY}, "sense_iters": ("sense", "auto"),
                                 "sense_lambda": ("sense", "auto"), "l1_lambda": ("l1-wavelet",),
@@ -252,7 +257,7 @@ def recon(ctx, inputs, out_dir, method, checkpoint, sampler, steps, sigma_max, s
                                      sense_iters=sense_iters, sense_lambda=sense_lambda, flag_db=guard_flag_db,
                                      flag_ratio=guard_flag_ratio, flag_score=guard_flag_score, flagged=guard_flagged,
                                      fallback_folds=guard_cv_folds, fallback_mix=guard_cv_mix, mode=guard_mode,
-                                     partner_cv=guard_cv_partner, seed=seed)
+                                     fallback_rule=guard_cv_rule, partner_cv=guard_cv_partner, seed=seed)
             except ValueError as e:
                 raise click.BadParameter(f"{guard_l1_grid!r}: {e}", param_hint="--guard-l1-grid") from None
         try:  # checked before the prior is loaded

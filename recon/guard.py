@@ -85,6 +85,8 @@ class GuardOptions:
                                 # calibration block (selfval.cv_splits); 0 = the guard's own held-out folds
     fallback_mix: bool = False  # that choice: the cross-validated mix of the best L1-wavelet and CG-SENSE
                                 # (classical_mix) instead of one candidate
+    fallback_rule: str = "min"  # that choice and the partner: min = the smallest cross-validated error; 1se = CG-SENSE
+                                # unless an L1-wavelet weight beats it by more than one standard error (one_se_choice)
     partner_cv: bool = True     # blend mode, slices not flagged: the classical partner of the blend chosen by the
                                 # same cross-validation (fallback_folds; 0: the guard's held-out lines)
     mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
@@ -96,6 +98,8 @@ class GuardOptions:
             raise ValueError(f"guard fraction must be in (0, 0.5), got {self.fraction}")
         if self.mode not in ("blend", "choose"):
             raise ValueError(f"guard mode must be 'blend' or 'choose', got {self.mode!r}")
+        if self.fallback_rule not in ("min", "1se"):
+            raise ValueError(f"guard fallback_rule must be 'min' or '1se', got {self.fallback_rule!r}")
         if self.flagged not in ("classical", "guard"):
             raise ValueError(f"guard flagged must be 'classical' or 'guard', got {self.flagged!r}")
         if not self.flag_score > 0:
@@ -126,6 +130,27 @@ def classical_mix(errors: dict[str, float], residuals: dict[str, torch.Tensor]) 
         return a, a, 1.0
     b = min(others, key=errors.get)
     return a, b, selfval.blend_weight(residuals[a], residuals[b])
+
+
+def one_se_choice(errors: dict[str, float], per_line: dict[str, torch.Tensor]) -> str:
+    """The one-standard-error rule of cross-validation (Breiman et al. 1984, CART sec. 3.4.3; Hastie, Tibshirani
+    and Friedman 2009, sec. 7.10) with the prior-free CG-SENSE as the simple model (``GuardOptions.fallback_rule
+    = "1se"``): CG-SENSE, unless the L1-wavelet weight with the smallest cross-validated error beats it by more
+    than one standard error of the paired per-line differences d_j = e_L1(j) - e_SENSE(j) over the n held-out
+    lines, sum_j d_j < -sqrt(n) sd(d). ``errors``: {candidate: cross-validated error}; ``per_line``: {candidate:
+    (n,) error energy per held-out line, the same lines for every candidate}. Why: with 7-15 lines outside the
+    calibration block (8x), the smallest error picks a sparsity prior the data cannot vouch for (BENCHMARKS.md,
+    "Flagged slices"), and a slice the guard does not trust the prior on should get the least assuming image
+    unless the data say otherwise."""
+    l1 = [c for c in errors if c != "sense"]
+    if "sense" not in errors or not l1:
+        return min(errors, key=errors.get)
+    best = min(l1, key=errors.get)
+    d = (per_line[best] - per_line["sense"]).double()
+    n = d.numel()
+    if n < 2:
+        return "sense"
+    return best if float(d.sum()) < -math.sqrt(n) * float(d.std()) else "sense"
 
 
 def _db(a: float, b: float, floor: float) -> float:
@@ -188,11 +213,21 @@ class GuardedRecon:
             return []
         return selfval.cv_splits(mask, o.fallback_folds, derive_seed(ctx["file"], ctx["slice"], "guard-cv", o.seed))
 
-    def classical_cv(self, item, splits: list, candidates: list[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    @staticmethod
+    def _expected(x, samples, maps, mask, positions) -> float:
+        """The error energy the posterior ``samples`` expect of reconstruction x (None: their mean) summed over
+        ``positions`` of the mask's (h, w) (``selfval.expected_energy``); NaN without samples."""
+        if samples is None:
+            return math.nan
+        return float(selfval.expected_energy(x, samples, maps, tuple(mask.shape))[positions.to(samples.device)].sum())
+
+    def classical_cv(self, item, splits: list, candidates: list[str]
+                     ) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """({candidate: held-out error energy (noise subtracted) summed over ``splits``}, {candidate: its held-out
         residuals y - F S x on every split's held-out entries, concatenated over the splits (1-D complex; for
-        ``classical_mix``)}), each classical candidate reconstructed without its split's lines; ({}, {}) without
-        splits."""
+        ``classical_mix``)}, {candidate: the error energy of each held-out position, concatenated over the splits
+        (float64; for ``one_se_choice``)}), each classical candidate reconstructed without its split's lines;
+        ({}, {}, {}) without splits."""
         k, mask, maps, ctx = item
         sigma = float(ctx.get("noise_std", math.nan))
         if not math.isfinite(sigma):  # NaN errors would make min() pick the first candidate silently
@@ -200,6 +235,7 @@ class GuardedRecon:
                              f"got {sigma} (a SliceMethod that uses them sets uses_noise_std = True)")
         err = {c: 0.0 for c in candidates} if splits else {}
         resid: dict[str, list] = {c: [] for c in err}
+        lines: dict[str, list] = {c: [] for c in err}
         for split in splits:
             kr = k * split.recon_mask
             for c in candidates:
@@ -207,7 +243,14 @@ class GuardedRecon:
                 v = selfval.validation_error(k, maps, split, x, sigma)
                 err[c] += float(v["error"])
                 resid[c].append(v["residual"].reshape(-1))
-        return err, {c: torch.cat(r) for c, r in resid.items()}
+                lines[c].append(v["per_position"].reshape(-1))
+        return err, {c: torch.cat(r) for c, r in resid.items()}, {c: torch.cat(r) for c, r in lines.items()}
+
+    def cv_choice(self, errors: dict[str, float], per_line: dict[str, torch.Tensor]) -> str:
+        """The classical candidate ``fallback_rule`` picks from cross-validated errors (min, or ``one_se_choice``)."""
+        if self.options.fallback_rule == "1se":
+            return one_se_choice(errors, per_line)
+        return min(errors, key=errors.get)
 
     def _decide(self, item, splits, full: SliceResult, held_runs: list) -> SliceResult:
         k, mask, maps, ctx = item
@@ -221,7 +264,13 @@ class GuardedRecon:
         score = ood.slice_score(self.diffusion.denoiser, sense, ctx)
         score_ratio = score / self.reference.median if self.reference is not None else math.nan
         score_flag = bool(score_ratio > o.flag_score) if self.reference is not None else None
-        with_all_lines = lambda c: sense if c == "sense" else self._classical(c, k, mask, maps)  # noqa: E731
+        refit = {"sense": sense}  # classical candidates reconstructed from all lines, each once
+
+        def with_all_lines(c):
+            if c not in refit:
+                refit[c] = self._classical(c, k, mask, maps)
+            return refit[c]
+
         if not splits:
             info = {"choice": "diffusion", "reason": "no held-out lines possible (only the calibration block is "
                     "sampled): unguarded", "ood_score": score, "ood_score_ratio": score_ratio,
@@ -231,6 +280,7 @@ class GuardedRecon:
             return SliceResult(full.image, extra, info=info)
         held = {c: 0.0 for c in self.candidates}  # held-out error energy (noise subtracted), summed over folds
         direct = {c: 0.0 for c in self.candidates}  # stratified estimate outside the mask, mean over folds
+        aux = {c: 0.0 for c in self.candidates}  # what the posterior (without the fold) expects each one's held-out error to be
         predicted, n_val = 0.0, 0  # what the diffusion posterior (without the fold) predicts on the held-out lines
         noise = 0.0  # the noise energy expected on the held-out lines
         resid: dict[str, list] = {c: [] for c in self.candidates}  # held-out residual vectors, per fold
@@ -244,30 +294,39 @@ class GuardedRecon:
                 held[c] += float(v["error"])
                 direct[c] += float(v["unmeasured"]) / len(splits)
                 resid[c].append(v["residual"].reshape(-1))
+                aux[c] += self._expected(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index)
             noise += v["noise"]
-            predicted += selfval.posterior_predicted(hd.samples, maps, split) if hd.samples is not None else math.nan
+            predicted += self._expected(None, hd.samples, maps, mask, split.val_index)
             n_val += split.n_val
-        unmeasured = (mask.reshape(-1) == 0).cpu()
-        spread_out = float(selfval.spread_energy(full.samples, maps, tuple(mask.shape))[unmeasured].sum()) \
-            if full.samples is not None else math.nan
+        unmeasured = torch.nonzero((mask.reshape(-1) == 0).cpu()).reshape(-1)
+        spread_out = self._expected(None, full.samples, maps, mask, unmeasured)
         classical = {c: e for c, e in held.items() if c != "diffusion"}
         best_c = min(classical, key=classical.get)
         # flagged by the score (flagged="classical"): the prior is not used, and cross-validation over every sampled
         # line picks the classical reconstruction; partner_cv: the same folds pick the blend's classical partner
         fallback = bool(score_flag) and o.flagged == "classical"
         use_cv = fallback or (o.partner_cv and o.mode == "blend")
-        cv_error, cv_resid = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) if use_cv else ({}, {})
-        cv_best = min(cv_error, key=cv_error.get) if cv_error else best_c
+        cv_error, cv_resid, cv_lines = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) \
+            if use_cv else ({}, {}, {})
+        cv_best = self.cv_choice(cv_error, cv_lines) if cv_error else best_c
         partner = best_c if fallback else cv_best  # a flagged slice is not blended: alpha is set to 0 below
         r_d, r_c = torch.cat(resid["diffusion"]), torch.cat(resid[partner])
         alpha = selfval.blend_weight(r_d, r_c)
         held["blend"] = float(((alpha * r_d + (1 - alpha) * r_c).abs() ** 2).sum()) - noise  # in-sample (1 parameter)
-        energy = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
+        # each candidate's whole-image error: the ratio estimate with what the posterior expects of that candidate
+        # as auxiliary (selfval.expected_energy); "spread": the posterior's own spread for every candidate
+        aux_out = {c: self._expected(None if c == "diffusion" else with_all_lines(c), full.samples, maps, mask,
+                                     unmeasured) if full.samples is not None else math.nan for c in self.candidates}
+        energy = {c: selfval.ratio_estimate(held[c], aux[c], aux_out[c]) for c in self.candidates}
+        energy["blend"] = selfval.ratio_estimate(held["blend"], predicted, spread_out)
+        energy_spread = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
         if not all(math.isfinite(e) for e in energy.values()):  # one posterior sample: no spread to lean on
-            energy = {**direct, "blend": math.nan}
+            energy = energy_spread = {**direct, "blend": math.nan}
         shape = tuple(k.shape[-2:])
-        peak = float(full.image.abs().max())
-        mse = {c: selfval.estimated_mse(e, shape) if math.isfinite(e) else math.nan for c, e in energy.items()}
+        peak = float(sense.abs().max())  # one range for every candidate, from the prior-free image
+        to_mse = lambda en: {c: selfval.estimated_mse(e, shape) if math.isfinite(e) else math.nan  # noqa: E731
+                             for c, e in en.items()}
+        mse, mse_spread = to_mse(energy), to_mse(energy_spread)
         est = {c: selfval.estimated_psnr(v, peak) if math.isfinite(v) else math.nan for c, v in mse.items()}
         # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)
         ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
@@ -308,7 +367,11 @@ class GuardedRecon:
                 image = with_all_lines(choice)
                 what = f"{name}{f' (weight {lam})' if lam else ''}"
                 how = f"cross-validated error ({folds})" if cv_error else "held-out error"
-                if fallback:
+                if fallback and cv_error and o.fallback_rule == "1se":
+                    reason = (f"{not_used}: {what}, by the one-standard-error rule on the cross-validated errors "
+                              f"({folds}; CG-SENSE unless an L1-wavelet weight is better by more than one standard "
+                              f"error) (diffusion {ood_db:+.2f} dB against {best_c})")
+                elif fallback:
                     reason = (f"{not_used}: {what}, the smallest {how} of the classical candidates (diffusion "
                               f"{ood_db:+.2f} dB against {best_c})")
                 elif o.mode == "blend":  # alpha = 0: the mix with the partner gives the posterior no weight
@@ -325,6 +388,7 @@ class GuardedRecon:
         info = {"choice": choice, "alpha": alpha, "blend_with": partner, "reason": reason, "ood_flag": flag,
                 "ood_db": ood_db, "calibration_ratio": ratio, "ood_score": score, "ood_score_ratio": score_ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
+                "est_mse_spread": mse_spread, "est_peak": peak,
                 "held_out_error": held, "cv_error": cv_error,
                 "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},
                 "direct_estimate": direct, "predicted_held_out": predicted,

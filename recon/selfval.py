@@ -228,6 +228,28 @@ def posterior_predicted(samples: torch.Tensor, maps: torch.Tensor, split: Split)
     return float(spread_energy(samples, maps, tuple(split.val_mask.shape))[split.val_index].sum())
 
 
+def expected_energy(x: torch.Tensor | None, samples: torch.Tensor, maps: torch.Tensor,
+                    mask_shape: tuple[int, ...]) -> torch.Tensor:
+    """Per k-space position (as ``spread_energy``), the error energy E||F S (x - x_true)||_j^2 that K posterior
+    ``samples`` (K, H, W) expect for a reconstruction x (H, W) made independently of them: with m their mean,
+    x_true ~ posterior and the unbiased spread s_j^2, E = ||F S (x - mu)||_j^2 + s_j^2, and E||F S (x - m)||_j^2 = ||F S (x - mu)||_j^2 +
+    s_j^2 / K, so the unbiased estimate is ||F S (x - m)||_j^2 + s_j^2 (1 - 1/K). x None: the posterior mean m
+    itself, whose expected error is ``spread_energy``, s_j^2 (1 + 1/K). float64 (h * w,); NaN for K < 2.
+
+    It is the auxiliary variable of each candidate's ratio estimate (``ratio_estimate``): a classical
+    reconstruction's error is not distributed over k-space like the posterior's own spread (CG-SENSE's is
+    largest where it leaves k-space empty, L1-wavelet's where it shrinks), but its distance from the posterior
+    mean there follows it."""
+    K = samples.shape[0]
+    h = mask_shape[-2]
+    spread = spread_energy(samples, maps, mask_shape)
+    if K < 2 or x is None:
+        return spread
+    d = (_predict(x - samples.mean(0), maps).abs() ** 2).sum(0)  # (H, W)
+    d = d.sum(0, keepdim=True) if h == 1 else d
+    return d.reshape(-1).double() + spread * (1 - 1 / K) / (1 + 1 / K)
+
+
 def ratio_estimate(held_out_error: float, held_out_predicted: float, predicted_unmeasured: float) -> float:
     """The error energy outside the mask by the ratio estimator: (held-out error / what the posterior predicted
     there) x what the full posterior predicts outside the mask.

@@ -162,6 +162,32 @@ def test_posterior_predicted_error_matches_a_calibrated_gaussian_posterior():
     assert math.isnan(selfval.posterior_predicted(draw(1), maps, split))
 
 
+def test_expected_energy_is_unbiased_for_any_reconstruction_under_a_calibrated_posterior():
+    """Truth and K samples i.i.d. from one Gaussian, x a fixed image off the posterior mean: the mean of
+    expected_energy(x) over draws equals the mean of ||F S (x - truth)||^2 per k-space line; with x None it is the
+    spread (the posterior mean's expected error). A wrong factor on the spread (1 + 1/K instead of 1 - 1/K) or a
+    missing one fails the first check."""
+    torch.manual_seed(3)
+    C, H, W, K = 2, 16, 32, 3
+    maps = _normalised(_maps(C, H, W))
+    mean = torch.from_numpy(phantom(H, W, 3))
+    cov_sqrt = torch.linspace(0.05, 0.3, W)
+    draw = lambda *s: mean + cov_sqrt * torch.complex(torch.randn(*s, H, W), torch.randn(*s, H, W))  # noqa: E731
+    x = mean + 0.1 * torch.from_numpy(phantom(H, W, 5)).roll(3, -1)
+    shape = (1, 1, W)
+    obs, exp = torch.zeros(W, dtype=torch.float64), torch.zeros(W, dtype=torch.float64)
+    n = 400
+    for _ in range(n):
+        truth, samples = draw(), draw(K)
+        obs += (fft2c(maps * (x - truth)).abs() ** 2).sum((0, 1)).double() / n
+        exp += selfval.expected_energy(x, samples, maps, shape) / n
+    assert float(exp.sum() / obs.sum()) == pytest.approx(1.0, abs=0.04)
+    assert float(((exp - obs) / obs).abs().max()) < 0.2
+    samples = draw(K)
+    assert torch.equal(selfval.expected_energy(None, samples, maps, shape), selfval.spread_energy(samples, maps, shape))
+    assert bool(torch.isnan(selfval.expected_energy(x, draw(1), maps, shape)).all())
+
+
 class FakePosterior:
     """A stand-in for DiffusionRecon (``batch`` only): samples = truth + small spread + ``invented`` structure
     where the data cannot see it (its k-space on the lines the given mask leaves out), as a prior that
@@ -367,6 +393,30 @@ def test_classical_mix_pairs_the_best_candidate_with_the_other_family():
     assert classical_mix(only, res) == ("l1-wavelet:0.001", "l1-wavelet:0.001", 1.0)
 
 
+def test_one_se_rule_keeps_cg_sense_unless_l1_wavelet_is_better_by_one_standard_error():
+    """one_se_choice: the best L1-wavelet weight only when sum_j d_j < -sqrt(n) sd(d), d_j = e_L1(j) - e_SENSE(j)."""
+    from recon.guard import one_se_choice
+
+    sense = torch.tensor([4.0, 3.0, 2.0, 5.0], dtype=torch.float64)
+    d = torch.tensor([-1.0, -0.5, 0.5, -1.0], dtype=torch.float64)  # sum -2, consistent over lines
+    thresh = -math.sqrt(4) * float(d.std())  # -1.41: sum -2 is below it
+    lines = {"sense": sense, "l1-wavelet:0.001": sense + d, "l1-wavelet:0.003": sense + 0.5}
+    err = {c: float(v.sum()) for c, v in lines.items()}
+    assert float(d.sum()) < thresh and one_se_choice(err, lines) == "l1-wavelet:0.001"
+    d2 = torch.tensor([-3.0, 0.5, 0.5, 0.0], dtype=torch.float64)  # smaller in total (-2), but one line carries it
+    assert float(d2.sum()) > -math.sqrt(4) * float(d2.std())
+    lines2 = {**lines, "l1-wavelet:0.001": sense + d2}
+    err2 = {c: float(v.sum()) for c, v in lines2.items()}
+    assert min(err2, key=err2.get) == "l1-wavelet:0.001" and one_se_choice(err2, lines2) == "sense"
+    # CG-SENSE best outright, or not a candidate: the smallest error
+    worse = {c: v if c == "sense" else v + 0.5 for c, v in lines.items()}
+    assert one_se_choice({c: float(v.sum()) for c, v in worse.items()}, worse) == "sense"
+    only = {"l1-wavelet:0.001": 1.0, "l1-wavelet:0.003": 2.0}
+    assert one_se_choice(only, {}) == "l1-wavelet:0.001"
+    with pytest.raises(ValueError, match="fallback_rule"):
+        GuardOptions(fallback_rule="median")
+
+
 def test_guard_fallback_mix_on_a_flagged_slice_is_the_cross_validated_mix():
     """fallback_mix=True on a slice the score flags: the image is w x_a + (1 - w) x_b of the classical
     candidates refitted on all lines, with (a, b, w) from classical_mix of the cross-validated residuals."""
@@ -378,7 +428,7 @@ def test_guard_fallback_mix_on_a_flagged_slice_is_the_cross_validated_mix():
     g = GuardedRecon(post, opts, _reference(1e-9))  # every slice flagged
     r = g(*item)
     k, mask, maps, ctx = item
-    err, resid = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
+    err, resid, _ = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
     assert r.info["cv_error"] == pytest.approx(err)
     a, b, w = classical_mix(err, resid)
     assert r.info["cv_mix"] == {"a": a, "b": b, "weight": w}
@@ -402,7 +452,7 @@ def test_guard_partner_cv_blends_with_the_cross_validated_classical_choice():
     g = GuardedRecon(FakePosterior(truth, blob), GuardOptions(l1_iters=30, sense_iters=30))  # partner_cv: default
     r = g(*item)
     k, mask, maps, ctx = item
-    err, _ = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
+    err, _, _ = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
     partner = min(err, key=err.get)
     assert r.info["cv_error"] == pytest.approx(err) and r.info["blend_with"] == partner
     a = r.info["alpha"]
