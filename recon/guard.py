@@ -388,7 +388,7 @@ class GuardedRecon:
         info = {"choice": choice, "alpha": alpha, "blend_with": partner, "reason": reason, "ood_flag": flag,
                 "ood_db": ood_db, "calibration_ratio": ratio, "ood_score": score, "ood_score_ratio": score_ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
-                "est_mse_spread": mse_spread, "est_peak": peak,
+                "est_mse_spread": mse_spread, "est_peak": peak, "expected_held_out": aux, "expected_unmeasured": aux_out,
                 "held_out_error": held, "cv_error": cv_error,
                 "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},
                 "direct_estimate": direct, "predicted_held_out": predicted,
