@@ -13,8 +13,10 @@ where L1-wavelet and CG-SENSE degrade gracefully. Per slice (``recon.selfval`` f
    (1 - alpha) x_classical, alpha in [0, 1] minimising the held-out error of the mix (``selfval.blend_weight``:
    one number fitted on all held-out lines, unbiased by their noise); alpha = 1 is the unguarded posterior,
    alpha = 0 the classical reconstruction. Mode ``choose``: the candidate with the smallest held-out error (ties:
-   diffusion first). Each candidate's whole-image PSNR is also estimated (``est_psnr``:
-   ``selfval.ratio_estimate`` with the posterior spread as auxiliary variable; the stratified direct estimate
+   diffusion first). Each candidate's whole-image PSNR is also estimated (``est_psnr``, the CG-SENSE image's
+   maximum as range: ``selfval.ratio_estimate`` with the error the posterior expects of that candidate as
+   auxiliary variable, ``selfval.expected_energy``; ``est_mse_spread``: the posterior spread as auxiliary for
+   every candidate, as before 2026-12-03; the stratified direct estimate
    with one posterior sample);
 4. refit on all measured lines (the diffusion posterior is always refit: it is the unguarded result, written as
    ``reconstruction_diffusion`` with its raw std ``reconstruction_diffusion_std``).

@@ -30,7 +30,11 @@ training set; a prior that invents structure is confidently wrong there and the 
 also the best auxiliary variable for the whole-image estimate (``ratio_estimate``): the held-out lines are
 few, and the error of a line depends on its radius and on the gap it sits in, both of which the posterior
 spread follows; the ratio estimate (held-out error / held-out spread) x (spread outside the mask) has a third
-of the scatter of the stratified direct estimate on real brain slices.
+of the scatter of the stratified direct estimate on real brain slices. For any other reconstruction x (a
+classical candidate) the auxiliary is the error the posterior expects of x, ||F S (x - m)||^2 + spread
+(``expected_energy``): x's error is not spread over k-space like the posterior's own, and with the spread
+alone as auxiliary the estimates of CG-SENSE and L1-wavelet ranked worse than chance on some sets (BENCHMARKS.md,
+"The estimate of each candidate's quality").
 
 The held-out positions are drawn by a seeded generator (the caller seeds it per file and slice); ``folds``
 disjoint sets give a lower-variance estimate (their mean) at ``folds`` times the cost.
