@@ -205,9 +205,9 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               "the other classical family (L1-wavelet / CG-SENSE), w fitted on the cross-validation folds, instead "
               "of the single best candidate.")
 @click.option("--guard-cv-rule", type=click.Choice(["min", "1se"]), default="min", show_default=True,
-              help="--method auto: how the cross-validation picks the classical reconstruction (flagged slices and "
-              "the blend's partner): min = the smallest cross-validated error; 1se = CG-SENSE unless an L1-wavelet "
-              "weight beats it by more than one standard error of the per-line differences.")
+              help="--method auto, --guard-flagged classical: how the cross-validation picks a flagged slice's "
+              "classical reconstruction: min = the smallest cross-validated error; 1se = CG-SENSE unless an "
+              "L1-wavelet weight beats it by more than one standard error of the per-line differences.")
 @click.option("--guard-cv-partner/--no-guard-cv-partner", default=True, show_default=True,
               help="--method auto, blend mode: on slices that are not flagged, choose the classical partner of the "
               "blend by the --guard-cv-folds cross-validation (classical candidates rerun once per fold on every "

@@ -87,8 +87,8 @@ class GuardOptions:
                                 # calibration block (selfval.cv_splits); 0 = the guard's own held-out folds
     fallback_mix: bool = False  # that choice: the cross-validated mix of the best L1-wavelet and CG-SENSE
                                 # (classical_mix) instead of one candidate
-    fallback_rule: str = "min"  # that choice and the partner: min = the smallest cross-validated error; 1se = CG-SENSE
-                                # unless an L1-wavelet weight beats it by more than one standard error (one_se_choice)
+    fallback_rule: str = "min"  # that choice: min = the smallest cross-validated error; 1se = CG-SENSE unless an
+                                # L1-wavelet weight beats it by more than one standard error (one_se_choice)
     partner_cv: bool = True     # blend mode, slices not flagged: the classical partner of the blend chosen by the
                                 # same cross-validation (fallback_folds; 0: the guard's held-out lines)
     mode: str = "blend"         # blend: alpha x_diffusion + (1 - alpha) x_best_classical, alpha by held-out lines;
@@ -310,7 +310,7 @@ class GuardedRecon:
         use_cv = fallback or (o.partner_cv and o.mode == "blend")
         cv_error, cv_resid, cv_lines = self.classical_cv(item, self.cv_splits(mask, ctx), list(classical)) \
             if use_cv else ({}, {}, {})
-        cv_best = self.cv_choice(cv_error, cv_lines) if cv_error else best_c
+        cv_best = min(cv_error, key=cv_error.get) if cv_error else best_c
         partner = best_c if fallback else cv_best  # a flagged slice is not blended: alpha is set to 0 below
         r_d, r_c = torch.cat(resid["diffusion"]), torch.cat(resid[partner])
         alpha = selfval.blend_weight(r_d, r_c)
@@ -338,7 +338,7 @@ class GuardedRecon:
         # way); blend: the weight alpha that minimises the held-out error of alpha x_diffusion + (1 - alpha) x_partner
         mix = None  # (a, b, w): the flagged slice's cross-validated mix w x_a + (1 - w) x_b (fallback_mix)
         if fallback:
-            choice, alpha = cv_best, 0.0
+            choice, alpha = (self.cv_choice(cv_error, cv_lines) if cv_error else best_c), 0.0
             if cv_error and o.fallback_mix:
                 mix = classical_mix(cv_error, cv_resid)
                 choice = mix[0] if mix[2] >= 1 else mix[1] if mix[2] <= 0 else "classical-mix"

@@ -417,6 +417,26 @@ def test_one_se_rule_keeps_cg_sense_unless_l1_wavelet_is_better_by_one_standard_
         GuardOptions(fallback_rule="median")
 
 
+def test_guard_fallback_rule_1se_on_a_flagged_slice():
+    """fallback_rule="1se" on a slice the score flags: the image is one_se_choice of the cross-validated per-line
+    errors, refitted on all lines, and the reason names the rule; "min" takes the smallest error."""
+    from recon.guard import one_se_choice
+
+    truth, item = _slice(seed=3, C=8, sigma=0.02)  # L1-wavelet smallest, not by one standard error
+    k, mask, maps, ctx = item
+    g = GuardedRecon(FakePosterior(truth, 0.0), GuardOptions(l1_iters=30, sense_iters=30, fallback_rule="1se"),
+                     _reference(1e-9))  # every slice flagged
+    r = g(*item)
+    err, _, lines = g.classical_cv(item, g.cv_splits(mask, ctx), g.candidates[1:])
+    want = one_se_choice(err, lines)
+    assert want == "sense" != min(err, key=err.get)
+    assert r.info["choice"] == want and r.info["alpha"] == 0.0
+    assert torch.allclose(r.image, g._classical(want, k, mask, maps), atol=1e-6)
+    assert "one-standard-error" in r.info["reason"]
+    r_min = GuardedRecon(FakePosterior(truth, 0.0), GuardOptions(l1_iters=30, sense_iters=30), _reference(1e-9))(*item)
+    assert r_min.info["choice"] == min(err, key=err.get) and "one-standard-error" not in r_min.info["reason"]
+
+
 def test_guard_fallback_mix_on_a_flagged_slice_is_the_cross_validated_mix():
     """fallback_mix=True on a slice the score flags: the image is w x_a + (1 - w) x_b of the classical
     candidates refitted on all lines, with (a, b, w) from classical_mix of the cross-validated residuals."""
