@@ -15,8 +15,9 @@ script measures how well these rules choose, on the same masks as ``benchmarks/g
   ``GuardOptions.fallback_mix``).
 
 Each rule's choice is written as a method folder (``choice-heldout``, ``choice-cv``, ``choice-cvmix``,
-``choice-cv1se``); every candidate with all lines is written too, so the oracle (per-slice best candidate) and the figure's comparator (per slice
-max(L1-wavelet at the weight tuned on --val, CG-SENSE)) are scored from the same files. Reported per dataset and
+``choice-cv1se``); every candidate with all lines is written too, so the oracle (per-slice best candidate) and
+the figure's comparator (per slice max(L1-wavelet at the weight tuned on --val, CG-SENSE)) are scored from the
+same files. Reported per dataset and
 acceleration: mean PSNR, the rule - max(L1, SENSE) per slice (mean [95 % CI], worst slice), and the regret
 against the oracle candidate.
 

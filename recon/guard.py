@@ -282,8 +282,8 @@ class GuardedRecon:
             return SliceResult(full.image, extra, info=info)
         held = {c: 0.0 for c in self.candidates}  # held-out error energy (noise subtracted), summed over folds
         direct = {c: 0.0 for c in self.candidates}  # stratified estimate outside the mask, mean over folds
-        aux = {c: 0.0 for c in self.candidates}  # what the posterior (without the fold) expects each one's held-out error to be
-        predicted, n_val = 0.0, 0  # what the diffusion posterior (without the fold) predicts on the held-out lines
+        aux = {c: 0.0 for c in self.candidates}  # the held-out error the posterior without the fold expects of each
+        n_val = 0
         noise = 0.0  # the noise energy expected on the held-out lines
         resid: dict[str, list] = {c: [] for c in self.candidates}  # held-out residual vectors, per fold
         for split, hd in zip(splits, held_runs):
@@ -298,8 +298,8 @@ class GuardedRecon:
                 resid[c].append(v["residual"].reshape(-1))
                 aux[c] += self._expected(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index)
             noise += v["noise"]
-            predicted += self._expected(None, hd.samples, maps, mask, split.val_index)
             n_val += split.n_val
+        predicted = aux["diffusion"]  # what the diffusion posterior (without the fold) predicts on the held-out lines
         unmeasured = torch.nonzero((mask.reshape(-1) == 0).cpu()).reshape(-1)
         spread_out = self._expected(None, full.samples, maps, mask, unmeasured)
         classical = {c: e for c, e in held.items() if c != "diffusion"}
@@ -390,7 +390,8 @@ class GuardedRecon:
         info = {"choice": choice, "alpha": alpha, "blend_with": partner, "reason": reason, "ood_flag": flag,
                 "ood_db": ood_db, "calibration_ratio": ratio, "ood_score": score, "ood_score_ratio": score_ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
-                "est_mse_spread": mse_spread, "est_peak": peak, "expected_held_out": aux, "expected_unmeasured": aux_out,
+                "est_mse_spread": mse_spread, "est_peak": peak, "expected_held_out": aux,
+                "expected_unmeasured": aux_out,
                 "held_out_error": held, "cv_error": cv_error,
                 "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},
                 "direct_estimate": direct, "predicted_held_out": predicted,

@@ -235,10 +235,11 @@ def posterior_predicted(samples: torch.Tensor, maps: torch.Tensor, split: Split)
 def expected_energy(x: torch.Tensor | None, samples: torch.Tensor, maps: torch.Tensor,
                     mask_shape: tuple[int, ...]) -> torch.Tensor:
     """Per k-space position (as ``spread_energy``), the error energy E||F S (x - x_true)||_j^2 that K posterior
-    ``samples`` (K, H, W) expect for a reconstruction x (H, W) made independently of them: with m their mean,
-    x_true ~ posterior and the unbiased spread s_j^2, E = ||F S (x - mu)||_j^2 + s_j^2, and E||F S (x - m)||_j^2 = ||F S (x - mu)||_j^2 +
-    s_j^2 / K, so the unbiased estimate is ||F S (x - m)||_j^2 + s_j^2 (1 - 1/K). x None: the posterior mean m
-    itself, whose expected error is ``spread_energy``, s_j^2 (1 + 1/K). float64 (h * w,); NaN for K < 2.
+    ``samples`` (K, H, W) expect for a reconstruction x (H, W) made independently of them. With m their mean,
+    x_true ~ posterior and the unbiased spread s_j^2: E = ||F S (x - mu)||_j^2 + s_j^2 and
+    E||F S (x - m)||_j^2 = ||F S (x - mu)||_j^2 + s_j^2 / K, so the unbiased estimate is
+    ||F S (x - m)||_j^2 + s_j^2 (1 - 1/K). x None: the posterior mean m itself, whose expected error is
+    ``spread_energy``, s_j^2 (1 + 1/K). float64 (h * w,); NaN for K < 2.
 
     It is the auxiliary variable of each candidate's ratio estimate (``ratio_estimate``): a classical
     reconstruction's error is not distributed over k-space like the posterior's own spread (CG-SENSE's is
