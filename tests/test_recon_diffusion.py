@@ -1,6 +1,7 @@
 """mridiff recon --method diffusion and the demo, end to end on tiny data."""
 
 import json
+import math
 
 import h5py
 import numpy as np
@@ -85,6 +86,11 @@ def test_recon_auto_guard_end_to_end(tiny_prior, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "ev" / "metrics_slices.csv")))
     assert [row["guard_choice"] for row in rows] == [i["choice"] for i in infos]
     assert [row["ood_flag"] for row in rows] == [str(int(i["ood_flag"])) for i in infos]
+    for row, i in zip(rows, infos):  # the guard's own estimate of the written image, where it has one
+        est = i["est_psnr"].get(i["choice"])
+        assert row["guard_est_psnr"] == ("" if est is None or not math.isfinite(est) else str(round(est, 3)))
+        if row["guard_est_psnr"]:
+            assert f"estimated {est:.1f} dB PSNR" in guard_note(i)
     assert "guard chose" in (tmp_path / "ev" / "report.html").read_text()
     r = CliRunner().invoke(main, ["recon", str(f), "--out", str(tmp_path / "x"), "--method", "sense",
                                   "--guard-folds", "3"])

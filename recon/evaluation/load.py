@@ -9,6 +9,8 @@ convention): ``reconstruction_esc`` when present (single-coil files hold both), 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -149,12 +151,25 @@ def read_slice_info(path: Path, index: int) -> Optional[dict]:
     return infos[index] if infos is not None and 0 <= index < len(infos) else None
 
 
+def guard_estimated_psnr(info: Optional[dict]) -> Optional[float]:
+    """The guard's estimate of the written image's PSNR from the measurements alone (``est_psnr`` of its choice,
+    ``recon.guard``: held-out k-space, the CG-SENSE image's slice maximum as range), or None where it has none
+    (no held-out lines, one posterior sample, a classical mix)."""
+    if not info:
+        return None
+    v = (info.get("est_psnr") or {}).get(info.get("choice"))
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
 def guard_note(info: Optional[dict]) -> str:
-    """One line for a report panel: what the guard chose and whether the slice was flagged."""
+    """One line for a report panel: what the guard chose, its PSNR estimate, and whether the slice was flagged."""
     if not info:
         return ""
     flag = info.get("ood_flag")
     text = f"guard chose {info.get('choice', '?')}"
+    est = guard_estimated_psnr(info)
+    if est is not None:
+        text += f" (estimated {est:.1f} dB PSNR from held-out k-space, slice maximum as range)"
     nan = float("nan")
     if flag:
         score = info.get("ood_score_ratio", nan)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from .. import metrics as M
-from .load import Prediction, Target, crop_pair, scored_target
+from .load import Prediction, Target, crop_pair, guard_estimated_psnr, scored_target
 from .pairs import EvaluationError, EvaluationWarning
 
 
@@ -49,8 +49,9 @@ def score_pair(target: Target, pred: Prediction, protocol: str, allow_nan: bool)
         vals = {k: float(per[k][i]) for k in M.METRIC_NAMES}
         defined = not any(math.isnan(v) for v in vals.values())
         info = infos[i] if i < len(infos) and isinstance(infos[i], dict) else {}
+        est = guard_estimated_psnr(info)
         guard = {"guard_choice": info.get("choice", ""), "ood_flag": "" if info.get("ood_flag") is None
-                 else int(bool(info["ood_flag"]))}
+                 else int(bool(info["ood_flag"])), "guard_est_psnr": "" if est is None else round(est, 3)}
         sl.append(dict(base, slice=i, valid=defined, **guard,
                        note="" if defined else "undefined for this slice (e.g. all-zero target slice)",
                        **{k: None if math.isnan(v) else v for k, v in vals.items()}))

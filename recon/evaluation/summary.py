@@ -16,7 +16,8 @@ from .. import uncertainty
 VOLUME_COLUMNS = ("method", "acceleration", "file", "slices", "nmse", "psnr", "ssim",
                   "protocol", "crop", "valid", "note")
 SLICE_COLUMNS = ("method", "acceleration", "file", "slice", "nmse", "psnr", "ssim",
-                 "protocol", "crop", "valid", "note", "guard_choice", "ood_flag")  # the last two: recon --method auto
+                 "protocol", "crop", "valid", "note", "guard_choice", "ood_flag",
+                 "guard_est_psnr")  # the last three: recon --method auto (guard_est_psnr: from k-space alone)
 
 STD_RULE = ("2*std = twice the sample standard deviation (ddof=1) over the valid volumes, "
             "as printed by fastmri/evaluate.py (runstats)")
