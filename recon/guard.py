@@ -216,12 +216,19 @@ class GuardedRecon:
         return selfval.cv_splits(mask, o.fallback_folds, derive_seed(ctx["file"], ctx["slice"], "guard-cv", o.seed))
 
     @staticmethod
-    def _expected(x, samples, maps, mask, positions) -> float:
+    def _expected(x, samples, maps, mask, positions, spread) -> float:
         """The error energy the posterior ``samples`` expect of reconstruction x (None: their mean) summed over
-        ``positions`` of the mask's (h, w) (``selfval.expected_energy``); NaN without samples."""
+        ``positions`` of the mask's (h, w) (``selfval.expected_energy``, ``spread`` its ``spread_energy``); NaN
+        without samples."""
         if samples is None:
             return math.nan
-        return float(selfval.expected_energy(x, samples, maps, tuple(mask.shape))[positions.to(samples.device)].sum())
+        e = selfval.expected_energy(x, samples, maps, tuple(mask.shape), spread=spread)
+        return float(e[positions.to(samples.device)].sum())
+
+    @staticmethod
+    def _spread(samples, maps, mask):
+        """``selfval.spread_energy`` of one posterior's samples (None without samples), once for all candidates."""
+        return None if samples is None else selfval.spread_energy(samples, maps, tuple(mask.shape))
 
     def classical_cv(self, item, splits: list, candidates: list[str]
                      ) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -288,6 +295,7 @@ class GuardedRecon:
         resid: dict[str, list] = {c: [] for c in self.candidates}  # held-out residual vectors, per fold
         for split, hd in zip(splits, held_runs):
             kr = k * split.recon_mask
+            spread = self._spread(hd.samples, maps, mask)
             xs = {"diffusion": hd.image}
             for c in self.candidates[1:]:
                 xs[c] = self._classical(c, kr, split.recon_mask, maps)
@@ -296,12 +304,19 @@ class GuardedRecon:
                 held[c] += float(v["error"])
                 direct[c] += float(v["unmeasured"]) / len(splits)
                 resid[c].append(v["residual"].reshape(-1))
-                aux[c] += self._expected(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index)
+                aux[c] += self._expected(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index,
+                                         spread)
             noise += v["noise"]
             n_val += split.n_val
         predicted = aux["diffusion"]  # what the diffusion posterior (without the fold) predicts on the held-out lines
+        # what the full posterior expects of each candidate (refit on all lines) outside the mask; its own spread
+        # there for the posterior mean
         unmeasured = torch.nonzero((mask.reshape(-1) == 0).cpu()).reshape(-1)
-        spread_out = self._expected(None, full.samples, maps, mask, unmeasured)
+        spread = self._spread(full.samples, maps, mask)
+        aux_out = {c: self._expected(None if c == "diffusion" else with_all_lines(c), full.samples, maps, mask,
+                                     unmeasured, spread) if full.samples is not None else math.nan
+                   for c in self.candidates}
+        spread_out = aux_out["diffusion"]
         classical = {c: e for c, e in held.items() if c != "diffusion"}
         best_c = min(classical, key=classical.get)
         # flagged by the score (flagged="classical"): the prior is not used, and cross-validation over every sampled
@@ -317,8 +332,6 @@ class GuardedRecon:
         held["blend"] = float(((alpha * r_d + (1 - alpha) * r_c).abs() ** 2).sum()) - noise  # in-sample (1 parameter)
         # each candidate's whole-image error: the ratio estimate with what the posterior expects of that candidate
         # as auxiliary (selfval.expected_energy); "spread": the posterior's own spread for every candidate
-        aux_out = {c: self._expected(None if c == "diffusion" else with_all_lines(c), full.samples, maps, mask,
-                                     unmeasured) if full.samples is not None else math.nan for c in self.candidates}
         energy = {c: selfval.ratio_estimate(held[c], aux[c], aux_out[c]) for c in self.candidates}
         energy["blend"] = selfval.ratio_estimate(held["blend"], predicted, spread_out)
         energy_spread = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}

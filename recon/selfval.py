@@ -233,13 +233,14 @@ def posterior_predicted(samples: torch.Tensor, maps: torch.Tensor, split: Split)
 
 
 def expected_energy(x: torch.Tensor | None, samples: torch.Tensor, maps: torch.Tensor,
-                    mask_shape: tuple[int, ...]) -> torch.Tensor:
+                    mask_shape: tuple[int, ...], spread: torch.Tensor | None = None) -> torch.Tensor:
     """Per k-space position (as ``spread_energy``), the error energy E||F S (x - x_true)||_j^2 that K posterior
     ``samples`` (K, H, W) expect for a reconstruction x (H, W) made independently of them. With m their mean,
     x_true ~ posterior and the unbiased spread s_j^2: E = ||F S (x - mu)||_j^2 + s_j^2 and
     E||F S (x - m)||_j^2 = ||F S (x - mu)||_j^2 + s_j^2 / K, so the unbiased estimate is
     ||F S (x - m)||_j^2 + s_j^2 (1 - 1/K). x None: the posterior mean m itself, whose expected error is
-    ``spread_energy``, s_j^2 (1 + 1/K). float64 (h * w,); NaN for K < 2.
+    ``spread_energy``, s_j^2 (1 + 1/K). float64 (h * w,); NaN for K < 2. ``spread``: ``spread_energy`` of the
+    same samples when the caller has it (one posterior, several candidates).
 
     It is the auxiliary variable of each candidate's ratio estimate (``ratio_estimate``): a classical
     reconstruction's error is not distributed over k-space like the posterior's own spread (CG-SENSE's is
@@ -247,7 +248,8 @@ def expected_energy(x: torch.Tensor | None, samples: torch.Tensor, maps: torch.T
     mean there follows it."""
     K = samples.shape[0]
     h = mask_shape[-2]
-    spread = spread_energy(samples, maps, mask_shape)
+    if spread is None:
+        spread = spread_energy(samples, maps, mask_shape)
     if K < 2 or x is None:
         return spread
     d = (_predict(x - samples.mean(0), maps).abs() ** 2).sum(0)  # (H, W)

@@ -10,7 +10,6 @@ convention): ``reconstruction_esc`` when present (single-coil files hold both), 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
