@@ -291,7 +291,7 @@ class GuardedRecon:
         direct = {c: 0.0 for c in self.candidates}  # stratified estimate outside the mask, mean over folds
         aux = {c: 0.0 for c in self.candidates}  # the held-out error the posterior without the fold expects of each
         n_val = 0
-        noise = 0.0  # the noise energy expected on the held-out lines
+        noise = noise_var = 0.0  # the noise energy expected on the held-out lines, and its variance
         resid: dict[str, list] = {c: [] for c in self.candidates}  # held-out residual vectors, per fold
         for split, hd in zip(splits, held_runs):
             kr = k * split.recon_mask
@@ -307,6 +307,7 @@ class GuardedRecon:
                 aux[c] += self._expected(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index,
                                          spread)
             noise += v["noise"]
+            noise_var += v["noise_var"]
             n_val += split.n_val
         predicted = aux["diffusion"]  # what the diffusion posterior (without the fold) predicts on the held-out lines
         # what the full posterior expects of each candidate (refit on all lines) outside the mask; its own spread
@@ -332,9 +333,11 @@ class GuardedRecon:
         held["blend"] = float(((alpha * r_d + (1 - alpha) * r_c).abs() ** 2).sum()) - noise  # in-sample (1 parameter)
         # each candidate's whole-image error: the ratio estimate with what the posterior expects of that candidate
         # as auxiliary (selfval.expected_energy); "spread": the posterior's own spread for every candidate
-        energy = {c: selfval.ratio_estimate(held[c], aux[c], aux_out[c]) for c in self.candidates}
-        energy["blend"] = selfval.ratio_estimate(held["blend"], predicted, spread_out)
-        energy_spread = {c: selfval.ratio_estimate(e, predicted, spread_out) for c, e in held.items()}
+        # (a held-out error below its noise standard error rests on that: selfval.ratio_estimate's floor)
+        floor = math.sqrt(noise_var)
+        energy = {c: selfval.ratio_estimate(held[c], aux[c], aux_out[c], floor) for c in self.candidates}
+        energy["blend"] = selfval.ratio_estimate(held["blend"], predicted, spread_out, floor)
+        energy_spread = {c: selfval.ratio_estimate(e, predicted, spread_out, floor) for c, e in held.items()}
         if not all(math.isfinite(e) for e in energy.values()):  # one posterior sample: no spread to lean on
             energy = energy_spread = {**direct, "blend": math.nan}
         shape = tuple(k.shape[-2:])

@@ -182,8 +182,11 @@ def validation_error(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch
     unbiased for the error energy there. Returns tensors over the leading dims of x: ``error`` sum_j e_j,
     ``unmeasured`` sum_j weights_j e_j (the estimated error energy of all positions outside the mask, module
     doc), ``per_position`` (..., n_val); ``signal`` ||y_V||^2 minus the noise; ``noise`` the noise energy
-    expected on the held-out positions; ``residual`` r = y - F S x on the held-out entries (..., C, n) complex
-    (for the blend weight, ``blend_weight``)."""
+    expected on the held-out positions; ``noise_var`` the variance of ``error`` for a reconstruction that is
+    exact on them (|n|^2 of a CN(0, sigma^2) entry is exponential, variance sigma^4: n sigma^4 over the n
+    held-out entries), so sqrt(noise_var) is the smallest error the held-out positions resolve (``ratio_estimate``'s
+    floor); ``residual`` r = y - F S x on the held-out entries (..., C, n) complex (for the blend weight,
+    ``blend_weight``)."""
     h = split.val_mask.shape[-2]
     idx = split.val_index.to(y.device)
 
@@ -198,7 +201,8 @@ def validation_error(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch
     signal = float(at_positions(y).sum()) - split.n_val * noise
     v = split.val_mask.reshape(split.val_mask.shape[-2:]).to(y.device).bool().expand(y.shape[-2:])
     return {"error": per.sum(-1), "unmeasured": (per * split.weights.to(per.device)).sum(-1), "per_position": per,
-            "signal": signal, "noise": split.n_val * noise, "residual": r[..., v]}
+            "signal": signal, "noise": split.n_val * noise, "noise_var": split.n_val * noise * float(noise_std) ** 2,
+            "residual": r[..., v]}
 
 
 def blend_weight(r_a: torch.Tensor, r_b: torch.Tensor) -> float:
@@ -257,9 +261,15 @@ def expected_energy(x: torch.Tensor | None, samples: torch.Tensor, maps: torch.T
     return d.reshape(-1).double() + spread * (1 - 1 / K) / (1 + 1 / K)
 
 
-def ratio_estimate(held_out_error: float, held_out_predicted: float, predicted_unmeasured: float) -> float:
+def ratio_estimate(held_out_error: float, held_out_predicted: float, predicted_unmeasured: float,
+                   floor: float = 0.0) -> float:
     """The error energy outside the mask by the ratio estimator: (held-out error / what the posterior predicted
     there) x what the full posterior predicts outside the mask.
+
+    ``floor``: the held-out error's noise standard error (sqrt of ``validation_error``'s ``noise_var``, summed over
+    the folds). Once the noise energy is subtracted, a held-out error can be <= 0 (a reconstruction within the
+    noise, or a blank slice); the estimate then rests on the floor, the largest error the held-out positions
+    cannot tell from none, instead of claiming a perfect image (an infinite PSNR).
 
     The posterior spread of a position tracks how hard it is to fill (its radius and the gap it sits in), so
     it serves as the auxiliary variable of a survey ratio estimator: on SIAT validation slices its rank
@@ -267,7 +277,7 @@ def ratio_estimate(held_out_error: float, held_out_predicted: float, predicted_u
     "Unseen anatomy"). NaN when the prediction is unusable (K < 2, or zero)."""
     if not (held_out_predicted > 0 and math.isfinite(held_out_predicted) and math.isfinite(predicted_unmeasured)):
         return math.nan
-    return held_out_error / held_out_predicted * predicted_unmeasured
+    return max(held_out_error, floor) / held_out_predicted * predicted_unmeasured
 
 
 def estimated_mse(unmeasured: float, shape: tuple[int, int]) -> float:

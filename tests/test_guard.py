@@ -250,6 +250,20 @@ def test_guard_keeps_a_good_posterior_and_flags_invented_structure():
     json.dumps(res.info)  # JSON-able for the output attrs
 
 
+def test_guard_estimate_of_a_blank_slice_is_finite():
+    """A slice of noise only (a blank slice at the end of a volume): every held-out error is within its noise, some
+    below 0 once the noise is subtracted; each estimate rests on the floor (finite PSNR), not on a perfect image."""
+    truth, (k, mask, maps, ctx) = _slice(sigma=0.01)
+    blank = torch.zeros_like(truth)
+    g = torch.Generator().manual_seed(4)
+    noise = 0.01 * torch.complex(torch.randn(k.shape, generator=g), torch.randn(k.shape, generator=g)) / math.sqrt(2)
+    res = GuardedRecon(FakePosterior(blank, 0.0, spread=1e-3), GuardOptions(l1_iters=20, sense_iters=20))(
+        noise * mask, mask, maps, ctx)
+    held = res.info["held_out_error"]
+    assert min(held.values()) < 0  # the case the floor is for (this draw)
+    assert all(math.isfinite(v) for v in res.info["est_psnr"].values()), res.info["est_psnr"]
+
+
 def test_guard_without_held_out_lines_is_unguarded_and_says_so():
     truth, (k, mask, maps, ctx) = _slice()
     centre = torch.zeros_like(mask)
@@ -272,6 +286,31 @@ def test_ratio_estimate_is_exact_when_errors_follow_the_posterior_spread():
     assert selfval.ratio_estimate(2.5 * spread_held, spread_held, spread_out) == pytest.approx(2.5 * spread_out)
     assert math.isnan(selfval.ratio_estimate(1.0, 0.0, spread_out))
     assert math.isnan(selfval.ratio_estimate(1.0, math.nan, spread_out))
+    # a held-out error below the floor (its noise standard error) rests on the floor, never on a negative energy
+    assert selfval.ratio_estimate(-2.0, spread_held, spread_out, floor=0.6) == pytest.approx(0.2 * spread_out)
+    assert selfval.ratio_estimate(2.5 * spread_held, spread_held, spread_out, floor=0.6) == pytest.approx(2.5 * spread_out)
+
+
+def test_noise_var_is_the_variance_of_the_held_out_error_of_an_exact_reconstruction():
+    """x = x_true: the held-out error is pure noise, sum of n |n_i|^2 - sigma^2 with |n_i|^2 exponential (mean and
+    sd sigma^2), so its variance is n sigma^4 (``noise_var``), the floor of ``ratio_estimate``."""
+    torch.manual_seed(1)
+    C, H, W = 4, 16, 32
+    maps = _normalised(_maps(C, H, W))
+    x_true = torch.from_numpy(phantom(H, W, 1))
+    mask = make_sampler("random", 3.0, 0.1).sample((H, W), 2)
+    split = selfval.split_mask(mask, 0.2, 0)[0]
+    sigma = 0.3
+    clean = fft2c(maps * x_true) * mask
+    draws, var = [], None
+    for _ in range(600):
+        n = sigma * torch.complex(torch.randn(C, H, W), torch.randn(C, H, W)) / math.sqrt(2)
+        v = selfval.validation_error(clean + n * mask, maps, split, x_true, sigma)
+        draws.append(float(v["error"]))
+        var = v["noise_var"]
+    assert var == pytest.approx(split.n_val * C * H * sigma ** 4)
+    # the sample variance of 600 near-Gaussian draws is within about 6 % (1 sd) of the truth; a factor 2 fails
+    assert np.var(draws, ddof=1) == pytest.approx(var, rel=0.25)
 
 
 def test_spread_energy_sums_to_the_posterior_spread_in_k_space():
