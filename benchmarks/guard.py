@@ -11,7 +11,8 @@ Reported (markdown + JSON):
   slices and its worst slice; guarded - unguarded diffusion; the share of slices flagged (the OOD flag of
   ``recon.ood`` when the prior has a reference, and in brackets the held-out-line rule); the share of the
   slices where the unguarded diffusion loses to L1-wavelet that are flagged (recall);
-- Spearman rank correlation within the dataset between the held-out estimate of PSNR (``recon.selfval``:
+- Spearman rank correlation (95 % bootstrap CI over slices) within the dataset, per acceleration and pooled
+  over the accelerations, between the held-out estimate of PSNR (``recon.selfval``:
   measurements only, the CG-SENSE volume maximum as range for every method) and the true PSNR, over slices x
   {diffusion, L1-wavelet at its tuned weight, CG-SENSE}, for the guard's estimate (each candidate's ratio
   estimate with its own auxiliary, ``selfval.expected_energy``) and the older one (the posterior spread as
@@ -137,7 +138,7 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     peaks = volume_peaks(root / f"sense_R{R:g}")
     cand = {"diffusion": "diffusion", "l1-wavelet": f"l1-wavelet:{l1_lambda:g}", "sense": "sense"}
     ests: dict[str, list] = {"est_mse": [], "est_mse_spread": []}
-    true = []
+    true, points = [], []
     for s in keys:
         info = infos[s]
         for meth, c in cand.items():
@@ -147,6 +148,7 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
                 mse = info.get(key, info["est_mse"])[c] * info["scale"] ** 2
                 out.append(10 * math.log10(peaks[s[0]] ** 2 / mse) if mse > 0 else math.inf)
             true.append(m[meth][s]["psnr"])
+            points.append([s[0], s[1], meth, R, ests["est_mse"][-1], true[-1]])
     est = ests["est_mse"]
     rho = {k: float(stats.spearmanr(v, true).statistic) if len(v) > 2 else math.nan for k, v in ests.items()}
     return {"prior": prior, "R": R, "slices": len(keys), "volumes": len({s[0] for s in keys}), "psnr": mean,
@@ -158,8 +160,42 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             "flag_recall_held_out_rule": float(held[loses].mean()) if loses.any() else math.nan,
             "score_ratio": [float(infos[s].get("ood_score_ratio", math.nan)) for s in keys],
             "spearman_est_vs_true": rho["est_mse"], "spearman_spread_aux": rho["est_mse_spread"], "est_pairs": len(est),
+            "spearman_ci": spearman_ci(points), "est_points": points,
             "est_bias_db": float(np.mean([e - t for e, t in zip(est, true) if math.isfinite(e)])) if est else math.nan,
             "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
+
+
+def spearman_ci(points: list, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman rank correlation of (estimate, true) over ``points`` [(file, slice, method, R, est, true), ...] and
+    its 95 % percentile bootstrap interval, resampling slices (file, slice) with replacement: a slice's points
+    (its methods, and its accelerations when pooled) stay together, because they share its anatomy and noise.
+    Slices of one volume are correlated too, so the interval is optimistic; with 1-4 test volumes a volume
+    bootstrap is degenerate."""
+    if len(points) < 3:
+        return math.nan, math.nan, math.nan
+    by: dict[tuple, list] = {}
+    for p in points:
+        by.setdefault((p[0], p[1]), []).append((p[4], p[5]))
+    keys = list(by)
+    rho = lambda pts: float(stats.spearmanr([a for a, _ in pts], [b for _, b in pts]).statistic)  # noqa: E731
+    rng = np.random.default_rng(seed)
+    boot = [rho([q for i in rng.integers(0, len(keys), len(keys)) for q in by[keys[i]]]) for _ in range(reps)]
+    boot = [b for b in boot if math.isfinite(b)]
+    lo, hi = np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan)
+    return rho([q for k in keys for q in by[k]]), float(lo), float(hi)
+
+
+def pooled_spearman(rows: list[dict]) -> list[dict]:
+    """Per dataset x prior, the rank correlation over every acceleration's points together (the issue's "within
+    each dataset"), with ``spearman_ci``; the per-acceleration rows stay in the main table."""
+    out = []
+    for key in dict.fromkeys((r["data"], r["prior"]) for r in rows):
+        sel = [r for r in rows if (r["data"], r["prior"]) == key]
+        pts = [p for r in sel for p in r["est_points"]]
+        out.append({"data": key[0], "prior": key[1], "R": [r["R"] for r in sel], "points": len(pts),
+                    "slices": len({(p[0], p[1]) for p in pts}), "spearman": spearman_ci(pts),
+                    "per_R": {f"{r['R']:g}": r["spearman_ci"] for r in sel}})
+    return out
 
 
 def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
@@ -180,9 +216,18 @@ def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
             f"{p['l1-wavelet']:.2f} / {p['sense']:.2f} / {p['auto']:.2f} | {ci(r['auto_minus_best'])} vs "
             f"{r['best_baseline']} ({r['auto_minus_best_worst']:+.2f}) | {ci(r['auto_minus_diffusion'])} | "
             f"{ci(r['diffusion_minus_l1'])} | {100 * r['flagged']:.0f} % ({100 * r['flagged_held_out_rule']:.0f} %) | {rec} | "
-            f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} / "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} "
+            f"[{r['spearman_ci'][1]:.2f}, {r['spearman_ci'][2]:.2f}] / "
             f"{r['spearman_spread_aux']:.2f} | "
             f"{b['corr']:.2f} / {100 * b['within_2std']:.0f} % -> {a['corr']:.2f} / {100 * a['within_2std']:.0f} % |")
+    lines += ["", "Spearman(estimate, true PSNR) within each dataset x prior, every acceleration's points together "
+              "[95 % bootstrap CI over slices]:", "",
+              "| data | prior | R | slices | points | Spearman [95 % CI] | per R |", "|---|---|---|---|---|---|---|"]
+    for p in pooled_spearman(rows):
+        r, lo, hi = p["spearman"]
+        per = ", ".join(f"{k}x {v[0]:.2f}" for k, v in p["per_R"].items())
+        lines.append(f"| {p['data']} | {p['prior']} | {', '.join(f'{x:g}' for x in p['R'])} | {p['slices']} | "
+                     f"{p['points']} | {r:.2f} [{lo:.2f}, {hi:.2f}] | {per} |")
     return lines
 
 
@@ -232,6 +277,7 @@ def main(argv=None):
     tag = "_".join(f"{d}-{p}" for d, p in todo)
     (a.out / f"guard_{tag}.json").write_text(json.dumps(rows, indent=1, default=float))
     (a.out / f"guard_{tag}.md").write_text("\n".join(lines) + "\n")
+    (a.out / f"guard_{tag}_pooled.json").write_text(json.dumps(pooled_spearman(rows), indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -527,3 +527,24 @@ def test_guard_partner_cv_blends_with_the_cross_validated_classical_choice():
         r0 = GuardedRecon(FakePosterior(truth, blob), o)(*item)
         assert r0.info["cv_error"] == {} and r0.info["blend_with"] == held(r0.info)
         assert "cross-validation" not in r0.info["reason"]
+
+
+def test_benchmark_spearman_ci_resamples_slices_and_pools_accelerations():
+    """benchmarks/guard.py: Spearman of a monotone estimate is 1 with a degenerate interval; a slice's points move
+    together in the bootstrap; pooling joins each dataset x prior's accelerations."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    g = importlib.import_module("guard")
+    pts = [["f", i, m, 4.0, 20 + i + j, 25 + i + j] for i in range(6) for j, m in enumerate(("d", "l1", "s"))]
+    assert g.spearman_ci(pts) == pytest.approx((1.0, 1.0, 1.0))
+    rng = np.random.default_rng(0)
+    noisy = [[*p[:4], p[4] + rng.normal(0, 2), p[5]] for p in pts]
+    rho, lo, hi = g.spearman_ci(noisy)
+    assert lo < rho < hi and lo < 0.999  # the interval is not degenerate once the estimate is noisy
+    rows = [{"data": "a", "prior": "p", "R": R, "est_points": [[*p[:3], R, *p[4:]] for p in pts],
+             "spearman_ci": (1.0, 1.0, 1.0)} for R in (4.0, 8.0)]
+    pooled = g.pooled_spearman(rows)
+    assert len(pooled) == 1 and pooled[0]["points"] == 36 and pooled[0]["slices"] == 6
+    assert math.isnan(g.spearman_ci(pts[:2])[0])
