@@ -125,7 +125,9 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     infos = slice_infos(auto)
     flags = np.array([bool(infos[s].get("ood_flag")) for s in keys])
     # the held-out-line rule (the flag when a prior has no OOD reference), from the same runs
-    held = np.array([held_out_flag(infos[s]["ood_db"], infos[s]["calibration_ratio"], GuardOptions()) for s in keys])
+    # (a slice without held-out lines is unguarded and has no held-out scores: not flagged by this rule)
+    held = np.array([held_out_flag(infos[s].get("ood_db", -math.inf), infos[s].get("calibration_ratio", math.nan),
+                                   GuardOptions()) for s in keys])
     loses = d_dl1 < 0
     choices: dict[str, int] = {}
     for s in keys:

@@ -4,7 +4,7 @@ diffusion posterior mean and the classical reconstructions, and flag scans unlik
 A diffusion prior fills unmeasured k-space with what it learned; on anatomy it never saw it can invent structure,
 where L1-wavelet and CG-SENSE degrade gracefully. Per slice (``recon.selfval`` for the estimates):
 
-1. hold out ``fraction`` of the measured lines outside the calibration block (``folds`` disjoint sets, seeded
+1. hold out ``fraction`` of the measured lines outside the calibration block (``folds`` disjoint sets, fewer where the mask is too sparse for them, seeded
    by (file, slice, seed));
 2. reconstruct from the rest with every candidate: the diffusion posterior (K samples), L1-wavelet at each
    weight of ``l1_grid`` (the weight is chosen per slice by validation, never by ground truth) and CG-SENSE;
@@ -193,14 +193,14 @@ class GuardedRecon:
         splits = [self.held_out_splits(m, ctx) for _, m, _, ctx in items]
         full = self.diffusion.batch(items)
         held: dict[tuple[int, int], SliceResult] = {}  # (item, fold) -> diffusion without the fold's lines
-        for f in range(o.folds):
-            idx = [n for n, s in enumerate(splits) if s]
+        for f in range(o.folds):  # a sparse mask may allow fewer folds (selfval.split_mask)
+            idx = [n for n, s in enumerate(splits) if len(s) > f]
             if idx:
                 red = [(items[n][0] * splits[n][f].recon_mask, splits[n][f].recon_mask, items[n][2], items[n][3])
                        for n in idx]
                 for n, r in zip(idx, self.diffusion.batch(red)):
                     held[(n, f)] = r
-        return [self._decide(items[n], splits[n], full[n], [held.get((n, f)) for f in range(o.folds)])
+        return [self._decide(items[n], splits[n], full[n], [held[(n, f)] for f in range(len(splits[n]))])
                 for n in range(len(items))]
 
     def held_out_splits(self, mask, ctx) -> list:

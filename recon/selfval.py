@@ -103,22 +103,24 @@ def _candidates(mask: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarra
 
 
 def split_mask(mask: torch.Tensor, fraction: float, seed: int, folds: int = 1) -> list[Split]:
-    """``folds`` disjoint held-out sets of n_val = max(2, round(fraction * n)) positions each, n the sampled
+    """Up to ``folds`` disjoint held-out sets of n_val = max(2, round(fraction * n)) positions each, n the sampled
     positions outside the calibration block, stratified by k-space radius: the n candidates sorted by radius are
     cut into n_val strata of (almost) equal size and each fold holds out one random position of every stratum.
     The reconstruction error of a position depends strongly on its radius (largest just outside the calibration
-    block), so stratifying removes most of the variance of a uniform draw. [] when the candidates are too few
-    (fewer than ``folds`` per stratum). mask: (1, 1, W) or (1, H, W), 0/1."""
+    block), so stratifying removes most of the variance of a uniform draw. The folds are capped at the smallest
+    stratum's size (a sparse mask gets fewer folds, not none); [] when the candidates are fewer than n_val.
+    mask: (1, 1, W) or (1, H, W), 0/1."""
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     if folds < 1:
         raise ValueError(f"folds must be >= 1, got {folds}")
     flat, r, cand = _candidates(mask)
     n_val = max(2, int(round(fraction * len(cand))))
-    if len(cand) < n_val * folds:
+    if len(cand) < n_val:
         return []
     cand = cand[np.argsort(r[cand], kind="stable")]
     strata = np.array_split(cand, n_val)
+    folds = min(folds, min(len(s) for s in strata))
     # band edges half-way between neighbouring strata; the first band starts at 0, the last is open
     edges = [0.0] + [(r[a[-1]] + r[b[0]]) / 2 for a, b in zip(strata[:-1], strata[1:])] + [np.inf]
     out_r = r[~flat.numpy()]

@@ -49,6 +49,12 @@ def test_split_is_stratified_disjoint_and_outside_the_calibration_block():
     only_centre = torch.zeros(1, 1, 96)
     only_centre[..., 44:52] = 1
     assert selfval.split_mask(only_centre, 0.15, 0) == []
+    # more folds than a stratum has positions: capped at the smallest stratum (each fold one position per stratum)
+    n = int(mask.reshape(-1).sum() - region.sum())
+    many = selfval.split_mask(mask, 0.15, seed=11, folds=n)
+    n_val = max(2, round(0.15 * n))
+    assert len(many) == n // n_val and sum(s.n_val for s in many) == len(many) * n_val
+    assert not (sum(s.val_mask for s in many) > 1).any()
     m2 = make_sampler("poisson", 4.0).sample((48, 48), 0)
     s2 = selfval.split_mask(m2, 0.1, 0)[0]
     assert not (s2.val_mask.bool() & selfval.calibration_region(m2)).any() and s2.n_val >= 2
@@ -262,6 +268,15 @@ def test_guard_estimate_of_a_blank_slice_is_finite():
     held = res.info["held_out_error"]
     assert min(held.values()) < 0  # the case the floor is for (this draw)
     assert all(math.isfinite(v) for v in res.info["est_psnr"].values()), res.info["est_psnr"]
+
+
+def test_guard_with_more_folds_than_the_mask_allows_uses_the_folds_it_can():
+    """A sparse mask cannot give every one of many folds a position per stratum: the guard holds out what it can
+    (selfval.split_mask caps the folds) and still decides, instead of running unguarded."""
+    truth, item = _slice()
+    res = GuardedRecon(FakePosterior(truth, 0.0), GuardOptions(l1_iters=10, sense_iters=10, folds=50))(*item)
+    assert 1 < res.info["folds"] < 50 and "no held-out" not in res.info["reason"]
+    assert "ood_db" in res.info and math.isfinite(res.info["est_psnr"]["diffusion"])
 
 
 def test_guard_without_held_out_lines_is_unguarded_and_says_so():
