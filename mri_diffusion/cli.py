@@ -178,7 +178,8 @@ DIFFUSION_ONLY = ("checkpoint", "sampler", "steps", "sigma_max", "sigma_min", "r
               show_default=True, help="--method auto: share of the sampled lines outside the calibration block held "
               "out per fold.")
 @click.option("--guard-folds", type=POSITIVE_INT, default=2, show_default=True,
-              help="--method auto: disjoint held-out sets (each costs one more posterior run).")
+              help="--method auto: disjoint held-out sets (each costs one more posterior run; a mask too sparse "
+              "for them gets as many as it allows).")
 @click.option("--guard-l1-grid", default="3e-4,1e-3,3e-3", show_default=True,
               help="--method auto: L1-wavelet weights tried per slice (chosen by held-out error).")
 @click.option("--guard-mode", type=click.Choice(["blend", "choose"]), default="blend", show_default=True,
