@@ -139,7 +139,9 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     # posterior spread for all (est_mse_spread, before 2026-12-03).
     peaks = volume_peaks(root / f"sense_R{R:g}")
     cand = {"diffusion": "diffusion", "l1-wavelet": f"l1-wavelet:{l1_lambda:g}", "sense": "sense"}
-    ests: dict[str, list] = {"est_mse": [], "est_mse_spread": []}
+    # est_mse_magnitude (recorded since 2026-12-03, not used by the guard): est_mse x the share of the error that
+    # survives the magnitude (selfval.magnitude_fraction); NaN for runs without it
+    ests: dict[str, list] = {"est_mse": [], "est_mse_spread": [], "est_mse_magnitude": []}
     true, points = [], []
     for s in keys:
         info = infos[s]
@@ -147,12 +149,16 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             if c not in info.get("est_mse", {}):
                 continue
             for key, out in ests.items():
-                mse = info.get(key, info["est_mse"])[c] * info["scale"] ** 2
+                mse = info.get(key, {c: math.nan} if key == "est_mse_magnitude" else info["est_mse"])[c] * info["scale"] ** 2
+                if not math.isfinite(mse):
+                    out.append(math.nan)
+                    continue
                 out.append(10 * math.log10(peaks[s[0]] ** 2 / mse) if mse > 0 else math.inf)
             true.append(m[meth][s]["psnr"])
             points.append([s[0], s[1], meth, R, ests["est_mse"][-1], true[-1]])
     est = ests["est_mse"]
-    rho = {k: float(stats.spearmanr(v, true).statistic) if len(v) > 2 else math.nan for k, v in ests.items()}
+    rho = {k: float(stats.spearmanr(v, true).statistic) if len(v) > 2 and not any(map(math.isnan, v)) else math.nan
+           for k, v in ests.items()}
     return {"prior": prior, "R": R, "slices": len(keys), "volumes": len({s[0] for s in keys}), "psnr": mean,
             "best_baseline": best, "auto_minus_best": ci95(d_best), "auto_minus_best_worst": float(d_best.min()),
             "auto_minus_slice_max_worst": float(d_max.min()), "auto_minus_diffusion": ci95(d_diff),
@@ -162,6 +168,7 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             "flag_recall_held_out_rule": float(held[loses].mean()) if loses.any() else math.nan,
             "score_ratio": [float(infos[s].get("ood_score_ratio", math.nan)) for s in keys],
             "spearman_est_vs_true": rho["est_mse"], "spearman_spread_aux": rho["est_mse_spread"], "est_pairs": len(est),
+            "spearman_magnitude": rho["est_mse_magnitude"],
             "spearman_ci": spearman_ci(points), "est_points": points,
             "est_bias_db": float(np.mean([e - t for e, t in zip(est, true) if math.isfinite(e)])) if est else math.nan,
             "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
@@ -202,11 +209,12 @@ def pooled_spearman(rows: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
     ci = lambda c: f"{c[0]:+.2f} [{c[1]:+.2f}, {c[2]:+.2f}]"  # noqa: E731
+    mag = lambda r: "" if math.isnan(r.get("spearman_magnitude", math.nan)) else f" / {r['spearman_magnitude']:.2f}"  # noqa: E731
     lines = [f"Machine: {machine}; {seconds / 60:.0f} min for this table.", "",
              "| data | prior | R | slices (vols) | PSNR diff / L1 / SENSE / guarded | guarded - best baseline [95 % CI] "
              "(worst slice) | guarded - diffusion [95 % CI] | diffusion - L1 | flagged (held-out rule) "
              "| flag recall, diffusion < L1 (held-out rule) "
-             "| choices | Spearman(est, true): own aux / spread aux | std corr / within 2 std: before -> after |",
+             "| choices | Spearman(est, true): own aux / spread aux (/ x magnitude share) | std corr / within 2 std: before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["psnr"]
@@ -220,7 +228,7 @@ def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
             f"{ci(r['diffusion_minus_l1'])} | {100 * r['flagged']:.0f} % ({100 * r['flagged_held_out_rule']:.0f} %) | {rec} | "
             f"{', '.join(f'{k} {v}' for k, v in sorted(r['choices'].items()))} | {r['spearman_est_vs_true']:.2f} "
             f"[{r['spearman_ci'][1]:.2f}, {r['spearman_ci'][2]:.2f}] / "
-            f"{r['spearman_spread_aux']:.2f} | "
+            f"{r['spearman_spread_aux']:.2f}{mag(r)} | "
             f"{b['corr']:.2f} / {100 * b['within_2std']:.0f} % -> {a['corr']:.2f} / {100 * a['within_2std']:.0f} % |")
     lines += ["", "Spearman(estimate, true PSNR) within each dataset x prior, every acceleration's points together "
               "[95 % bootstrap CI over slices]:", "",

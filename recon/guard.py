@@ -345,6 +345,11 @@ class GuardedRecon:
         to_mse = lambda en: {c: selfval.estimated_mse(e, shape) if math.isfinite(e) else math.nan  # noqa: E731
                              for c, e in en.items()}
         mse, mse_spread = to_mse(energy), to_mse(energy_spread)
+        # recorded, not used: the share of each candidate's error that survives the magnitude, as the full
+        # posterior sees it (selfval.magnitude_fraction; fastMRI scores magnitudes), and the estimate times it
+        frac = {c: selfval.magnitude_fraction(None if c == "diffusion" else with_all_lines(c), full.samples)
+                if full.samples is not None else math.nan for c in self.candidates}
+        mse_mag = {c: mse[c] * frac[c] for c in self.candidates}
         est = {c: selfval.estimated_psnr(v, peak) if math.isfinite(v) else math.nan for c, v in mse.items()}
         # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)
         ood_db = _db(held["diffusion"], classical[best_c], max(0.05 * noise, 1e-12 * float((k.abs() ** 2).sum()), 1e-30))
@@ -406,7 +411,8 @@ class GuardedRecon:
         info = {"choice": choice, "alpha": alpha, "blend_with": partner, "reason": reason, "ood_flag": flag,
                 "ood_db": ood_db, "calibration_ratio": ratio, "ood_score": score, "ood_score_ratio": score_ratio,
                 "held_out_positions": n_val, "folds": len(splits), "est_psnr": est, "est_mse": mse,
-                "est_mse_spread": mse_spread, "est_peak": peak, "expected_held_out": aux,
+                "est_mse_spread": mse_spread, "est_mse_magnitude": mse_mag, "magnitude_fraction": frac,
+                "est_peak": peak, "expected_held_out": aux,
                 "expected_unmeasured": aux_out,
                 "held_out_error": held, "cv_error": cv_error,
                 "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},

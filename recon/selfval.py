@@ -263,6 +263,24 @@ def expected_energy(x: torch.Tensor | None, samples: torch.Tensor, maps: torch.T
     return d.reshape(-1).double() + spread * (1 - 1 / K) / (1 + 1 / K)
 
 
+def magnitude_fraction(x: torch.Tensor | None, samples: torch.Tensor) -> float:
+    """The share of a reconstruction's expected error that survives the magnitude, as the posterior sees it:
+    sum_k || |x| - |x_k| ||^2 / sum_k ||x - x_k||^2 over K posterior ``samples`` (K, H, W) complex (x (H, W);
+    None: their mean). fastMRI scores |x| against a magnitude (RSS) target, so a phase error costs nothing there,
+    while the held-out estimate is of the complex error. In [0, 1] (reverse triangle inequality per pixel): 1 for
+    errors in phase with the image, about 1/2 for small circular errors, 0 for pure phase errors. NaN for K < 2
+    when x is None (no spread), or when x equals every sample."""
+    K = samples.shape[0]
+    if x is None:
+        if K < 2:
+            return math.nan
+        x = samples.mean(0)
+    den = float(((x - samples).abs() ** 2).sum())
+    if not den > 0:
+        return math.nan
+    return float(((x.abs() - samples.abs()) ** 2).sum()) / den
+
+
 def ratio_estimate(held_out_error: float, held_out_predicted: float, predicted_unmeasured: float,
                    floor: float = 0.0) -> float:
     """The error energy outside the mask by the ratio estimator: (held-out error / what the posterior predicted

@@ -563,3 +563,19 @@ def test_benchmark_spearman_ci_resamples_slices_and_pools_accelerations():
     pooled = g.pooled_spearman(rows)
     assert len(pooled) == 1 and pooled[0]["points"] == 36 and pooled[0]["slices"] == 6
     assert math.isnan(g.spearman_ci(pts[:2])[0])
+
+
+def test_magnitude_fraction_in_closed_form_cases():
+    """A large real positive image and small errors: errors in phase with it survive the magnitude whole (1),
+    circular complex errors half (their in-phase part), pure phase rotations not at all (0)."""
+    g = torch.Generator().manual_seed(0)
+    K, H, W = 8, 32, 32
+    x = torch.full((H, W), 10.0, dtype=torch.complex64)
+    real = torch.randn(K, H, W, generator=g) * 0.01
+    circ = torch.complex(torch.randn(K, H, W, generator=g), torch.randn(K, H, W, generator=g)) * 0.01
+    theta = torch.randn(K, 1, 1, generator=g) * 0.1
+    assert selfval.magnitude_fraction(x, x + real) == pytest.approx(1.0, abs=1e-3)
+    assert selfval.magnitude_fraction(x, x + circ) == pytest.approx(0.5, abs=0.03)
+    assert selfval.magnitude_fraction(x, x * torch.exp(1j * theta)) == pytest.approx(0.0, abs=1e-4)
+    assert selfval.magnitude_fraction(None, x + circ) == pytest.approx(0.5, abs=0.03)  # the samples' own mean
+    assert math.isnan(selfval.magnitude_fraction(None, (x + circ)[:1]))
