@@ -4,8 +4,8 @@ diffusion posterior mean and the classical reconstructions, and flag scans unlik
 A diffusion prior fills unmeasured k-space with what it learned; on anatomy it never saw it can invent structure,
 where L1-wavelet and CG-SENSE degrade gracefully. Per slice (``recon.selfval`` for the estimates):
 
-1. hold out ``fraction`` of the measured lines outside the calibration block (``folds`` disjoint sets, fewer where the mask is too sparse for them, seeded
-   by (file, slice, seed));
+1. hold out ``fraction`` of the measured lines outside the calibration block (``folds`` disjoint sets, fewer
+   where the mask is too sparse for them, seeded by (file, slice, seed));
 2. reconstruct from the rest with every candidate: the diffusion posterior (K samples), L1-wavelet at each
    weight of ``l1_grid`` (the weight is chosen per slice by validation, never by ground truth) and CG-SENSE;
 3. score each by its held-out error (``selfval.validation_error``, noise subtracted, summed over folds). Mode

@@ -186,9 +186,9 @@ def validation_error(y: torch.Tensor, maps: torch.Tensor, split: Split, x: torch
     doc), ``per_position`` (..., n_val); ``signal`` ||y_V||^2 minus the noise; ``noise`` the noise energy
     expected on the held-out positions; ``noise_var`` the variance of ``error`` for a reconstruction that is
     exact on them (|n|^2 of a CN(0, sigma^2) entry is exponential, variance sigma^4: n sigma^4 over the n
-    held-out entries), so sqrt(noise_var) is the smallest error the held-out positions resolve (``ratio_estimate``'s
-    floor); ``residual`` r = y - F S x on the held-out entries (..., C, n) complex (for the blend weight,
-    ``blend_weight``)."""
+    held-out entries), so sqrt(noise_var) is the smallest error the held-out positions resolve (the floor of
+    ``ratio_estimate``); ``residual`` r = y - F S x on the held-out entries (..., C, n) complex (for the blend
+    weight, ``blend_weight``)."""
     h = split.val_mask.shape[-2]
     idx = split.val_index.to(y.device)
 
