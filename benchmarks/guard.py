@@ -47,6 +47,7 @@ from data_prep.fastmri_h5 import read_target, write_reconstruction  # noqa: E402
 from paired import ci95, per_slice  # noqa: E402
 from recon.experiment import Method, baseline_methods, machine_line, run_methods  # noqa: E402
 from recon.metrics import fastmri_crop  # noqa: E402
+from recon import selfval  # noqa: E402
 from recon.guard import GuardOptions, held_out_flag  # noqa: E402
 from recon.uncertainty import calibration  # noqa: E402
 
@@ -149,11 +150,10 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             if c not in info.get("est_mse", {}):
                 continue
             for key, out in ests.items():
-                mse = info.get(key, {c: math.nan} if key == "est_mse_magnitude" else info["est_mse"])[c] * info["scale"] ** 2
-                if not math.isfinite(mse):
-                    out.append(math.nan)
-                    continue
-                out.append(10 * math.log10(peaks[s[0]] ** 2 / mse) if mse > 0 else math.inf)
+                # runs from before est_mse_spread have the spread estimate as est_mse; before the magnitude share, none
+                mse = info.get(key, {} if key == "est_mse_magnitude" else info["est_mse"]).get(c, math.nan)
+                mse *= info["scale"] ** 2
+                out.append(selfval.estimated_psnr(mse, peaks[s[0]]) if math.isfinite(mse) else math.nan)
             true.append(m[meth][s]["psnr"])
             points.append([s[0], s[1], meth, R, ests["est_mse"][-1], true[-1]])
     est = ests["est_mse"]

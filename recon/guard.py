@@ -314,8 +314,11 @@ class GuardedRecon:
         # there for the posterior mean
         unmeasured = torch.nonzero((mask.reshape(-1) == 0).cpu()).reshape(-1)
         spread = self._spread(full.samples, maps, mask)
-        aux_out = {c: self._expected(None if c == "diffusion" else with_all_lines(c), full.samples, maps, mask,
-                                     unmeasured, spread) if full.samples is not None else math.nan
+        # each candidate from all lines (None: the posterior mean); the classical ones are refit only for these
+        # estimates, so not without samples
+        x_all = {c: None if c == "diffusion" else with_all_lines(c) for c in self.candidates} \
+            if full.samples is not None else {}
+        aux_out = {c: self._expected(x_all[c], full.samples, maps, mask, unmeasured, spread) if x_all else math.nan
                    for c in self.candidates}
         spread_out = aux_out["diffusion"]
         classical = {c: e for c, e in held.items() if c != "diffusion"}
@@ -347,8 +350,7 @@ class GuardedRecon:
         mse, mse_spread = to_mse(energy), to_mse(energy_spread)
         # recorded, not used: the share of each candidate's error that survives the magnitude, as the full
         # posterior sees it (selfval.magnitude_fraction; fastMRI scores magnitudes), and the estimate times it
-        frac = {c: selfval.magnitude_fraction(None if c == "diffusion" else with_all_lines(c), full.samples)
-                if full.samples is not None else math.nan for c in self.candidates}
+        frac = {c: selfval.magnitude_fraction(x_all[c], full.samples) if x_all else math.nan for c in self.candidates}
         mse_mag = {c: mse[c] * frac[c] for c in self.candidates}
         est = {c: selfval.estimated_psnr(v, peak) if math.isfinite(v) else math.nan for c, v in mse.items()}
         # below 5 % of the held-out noise energy two errors are the same (and never below 1e-12 x the signal)

@@ -270,11 +270,7 @@ def magnitude_fraction(x: torch.Tensor | None, samples: torch.Tensor) -> float:
     while the held-out estimate is of the complex error. In [0, 1] (reverse triangle inequality per pixel): 1 for
     errors in phase with the image, about 1/2 for small circular errors, 0 for pure phase errors. NaN for K < 2
     when x is None (no spread), or when x equals every sample."""
-    K = samples.shape[0]
-    if x is None:
-        if K < 2:
-            return math.nan
-        x = samples.mean(0)
+    x = samples.mean(0) if x is None else x  # K = 1: x is the sample, so den = 0 and the share is NaN
     den = float(((x - samples).abs() ** 2).sum())
     if not den > 0:
         return math.nan
