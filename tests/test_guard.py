@@ -579,3 +579,33 @@ def test_magnitude_fraction_in_closed_form_cases():
     assert selfval.magnitude_fraction(x, x * torch.exp(1j * theta)) == pytest.approx(0.0, abs=1e-4)
     assert selfval.magnitude_fraction(None, x + circ) == pytest.approx(0.5, abs=0.03)  # the samples' own mean
     assert math.isnan(selfval.magnitude_fraction(None, (x + circ)[:1]))
+
+
+def test_estimate_probes_band_weights_and_reference_noise_in_closed_form():
+    """benchmarks/estimate_probes.py: every unmeasured line goes to the held-out line nearest in k-space radius
+    (weights sum to the unmeasured lines); the RSS reference's noise adds C sigma^2 per pixel where the image is 0
+    (RSS(n)^2 = sum_c |n_c|^2) and sigma^2 / 2 where it is large (only the in-phase part survives)."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    ep = importlib.import_module("estimate_probes")
+    W = 32
+    mask = torch.zeros(1, 1, W)
+    mask[..., 14:18] = 1  # calibration block
+    mask[..., [2, 8, 22, 29]] = 1
+    w = ep.band_weights(mask, [8, 22, 29])
+    r = np.abs(np.arange(W) - W // 2)
+    held = {p: r[p] for p in (8, 22, 29)}
+    expect = {p: 0 for p in held}
+    for u in np.nonzero(mask.reshape(-1).numpy() == 0)[0]:  # nearest held-out radius (ties: the larger radius)
+        best = min(held, key=lambda p: (abs(held[p] - r[u]), -held[p]))
+        expect[best] += 1
+    assert w == {p: float(v) for p, v in expect.items()}
+    assert sum(w.values()) == float((mask == 0).sum())
+    C, sigma = 4, 0.1
+    zero = torch.zeros(C, 64, 64, dtype=torch.complex64)
+    assert ep.noise_term(zero, sigma) == pytest.approx(64 * 64 * C * sigma ** 2, rel=0.02)
+    big = torch.zeros(C, 64, 64, dtype=torch.complex64)
+    big[0] = 100.0
+    assert ep.noise_term(big, sigma) == pytest.approx(64 * 64 * sigma ** 2 / 2, rel=0.03)
