@@ -51,7 +51,8 @@ scaled by sqrt(max(1, calibration_ratio)), and where a classical reconstruction 
 |x_out - x_diffusion| is added in quadrature, so invented structure shows up in the map.
 
 Per slice, ``SliceResult.info`` records the choice, the reason, every candidate's held-out error and estimated
-PSNR, the flag and its scores; ``recon.pipeline`` writes them to the output's ``slice_info`` attr and warns on
+PSNR, the flag and its scores, and per held-out line (``held_out_lines``: its k-space radius, each candidate's
+error there and what the posterior without its fold expected there); ``recon.pipeline`` writes them to the output's ``slice_info`` attr and warns on
 flagged slices.
 """
 
@@ -216,14 +217,19 @@ class GuardedRecon:
         return selfval.cv_splits(mask, o.fallback_folds, derive_seed(ctx["file"], ctx["slice"], "guard-cv", o.seed))
 
     @staticmethod
-    def _expected(x, samples, maps, mask, positions, spread) -> float:
-        """The error energy the posterior ``samples`` expect of reconstruction x (None: their mean) summed over
-        ``positions`` of the mask's (h, w) (``selfval.expected_energy``, ``spread`` its ``spread_energy``); NaN
-        without samples."""
+    def _expected_at(x, samples, maps, mask, positions, spread) -> torch.Tensor:
+        """The error energy the posterior ``samples`` expect of reconstruction x (None: their mean) at each of
+        ``positions`` of the mask's (h, w) (``selfval.expected_energy``, ``spread`` its ``spread_energy``),
+        float64 (n,); NaN without samples."""
         if samples is None:
-            return math.nan
+            return torch.full((positions.numel(),), math.nan, dtype=torch.float64)
         e = selfval.expected_energy(x, samples, maps, tuple(mask.shape), spread=spread)
-        return float(e[positions.to(samples.device)].sum())
+        return e[positions.to(samples.device)].cpu()
+
+    @classmethod
+    def _expected(cls, x, samples, maps, mask, positions, spread) -> float:
+        """``_expected_at`` summed over ``positions``."""
+        return float(cls._expected_at(x, samples, maps, mask, positions, spread).sum())
 
     @staticmethod
     def _spread(samples, maps, mask):
@@ -293,6 +299,11 @@ class GuardedRecon:
         n_val = 0
         noise = noise_var = 0.0  # the noise energy expected on the held-out lines, and its variance
         resid: dict[str, list] = {c: [] for c in self.candidates}  # held-out residual vectors, per fold
+        # per held-out position over the folds (recorded for diagnosis): its k-space radius, each candidate's
+        # error energy there and what the posterior without the fold expected of it there
+        radius = selfval.radius(tuple(mask.shape[-2:])).reshape(-1)
+        lines = {"radius": [], "error": {c: [] for c in self.candidates},
+                 "expected": {c: [] for c in self.candidates}}
         for split, hd in zip(splits, held_runs):
             kr = k * split.recon_mask
             spread = self._spread(hd.samples, maps, mask)
@@ -304,8 +315,12 @@ class GuardedRecon:
                 held[c] += float(v["error"])
                 direct[c] += float(v["unmeasured"]) / len(splits)
                 resid[c].append(v["residual"].reshape(-1))
-                aux[c] += self._expected(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index,
-                                         spread)
+                at = self._expected_at(None if c == "diffusion" else x, hd.samples, maps, mask, split.val_index,
+                                       spread)
+                aux[c] += float(at.sum())
+                lines["error"][c] += v["per_position"].reshape(-1).tolist()
+                lines["expected"][c] += at.tolist()
+            lines["radius"] += radius[split.val_index.numpy()].tolist()
             noise += v["noise"]
             noise_var += v["noise_var"]
             n_val += split.n_val
@@ -418,6 +433,6 @@ class GuardedRecon:
                 "expected_unmeasured": aux_out,
                 "held_out_error": held, "cv_error": cv_error,
                 "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},
-                "direct_estimate": direct, "predicted_held_out": predicted,
+                "direct_estimate": direct, "predicted_held_out": predicted, "held_out_lines": lines,
                 "predicted_unmeasured": spread_out}
         return SliceResult(image, extra, info=info)

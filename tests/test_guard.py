@@ -277,6 +277,15 @@ def test_guard_with_more_folds_than_the_mask_allows_uses_the_folds_it_can():
     res = GuardedRecon(FakePosterior(truth, 0.0), GuardOptions(l1_iters=10, sense_iters=10, folds=50))(*item)
     assert 1 < res.info["folds"] < 50 and "no held-out" not in res.info["reason"]
     assert "ood_db" in res.info and math.isfinite(res.info["est_psnr"]["diffusion"])
+    # the per-line record: one entry per held-out line of every fold, summing to the recorded totals
+    lines = res.info["held_out_lines"]
+    assert len(lines["radius"]) == res.info["held_out_positions"] and min(lines["radius"]) > 0
+    for c, held in res.info["held_out_error"].items():
+        if c == "blend":
+            continue
+        assert len(lines["error"][c]) == len(lines["radius"])
+        assert sum(lines["error"][c]) == pytest.approx(held, rel=1e-9)
+        assert sum(lines["expected"][c]) == pytest.approx(res.info["expected_held_out"][c], rel=1e-9)
 
 
 def test_guard_without_held_out_lines_is_unguarded_and_says_so():
