@@ -434,5 +434,6 @@ class GuardedRecon:
                 "held_out_error": held, "cv_error": cv_error,
                 "cv_mix": None if mix is None else {"a": mix[0], "b": mix[1], "weight": mix[2]},
                 "direct_estimate": direct, "predicted_held_out": predicted, "held_out_lines": lines,
+                "held_out_noise_var": noise_var,
                 "predicted_unmeasured": spread_out}
         return SliceResult(image, extra, info=info)
