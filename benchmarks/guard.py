@@ -142,8 +142,8 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
     cand = {"diffusion": "diffusion", "l1-wavelet": f"l1-wavelet:{l1_lambda:g}", "sense": "sense"}
     # est_mse_magnitude (recorded since 2026-12-03, not used by the guard): est_mse x the share of the error that
     # survives the magnitude (selfval.magnitude_fraction); NaN for runs without it
-    ests: dict[str, list] = {"est_mse": [], "est_mse_spread": [], "est_mse_magnitude": []}
-    true, points = [], []
+    ests: dict[str, list] = {"est_mse": [], "est_mse_spread": [], "est_mse_magnitude": [], "outer": []}
+    true, points, points_outer = [], [], []
     for s in keys:
         info = infos[s]
         for meth, c in cand.items():
@@ -151,11 +151,16 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
                 continue
             for key, out in ests.items():
                 # runs from before est_mse_spread have the spread estimate as est_mse; before the magnitude share, none
-                mse = info.get(key, {} if key == "est_mse_magnitude" else info["est_mse"]).get(c, math.nan)
+                if key == "outer":
+                    mse = outer_lines_mse(info, c)
+                else:
+                    mse = info.get(key, {} if key == "est_mse_magnitude" else info["est_mse"]).get(c, math.nan)
                 mse *= info["scale"] ** 2
                 out.append(selfval.estimated_psnr(mse, peaks[s[0]]) if math.isfinite(mse) else math.nan)
             true.append(m[meth][s]["psnr"])
             points.append([s[0], s[1], meth, R, ests["est_mse"][-1], true[-1]])
+            if math.isfinite(ests["outer"][-1]):
+                points_outer.append([s[0], s[1], meth, R, ests["outer"][-1], true[-1]])
     est = ests["est_mse"]
     rho = {k: float(stats.spearmanr(v, true).statistic) if len(v) > 2 and not any(map(math.isnan, v)) else math.nan
            for k, v in ests.items()}
@@ -169,9 +174,35 @@ def analyse(root: Path, targets: Path, prior: str, R: float, l1_lambda: float) -
             "score_ratio": [float(infos[s].get("ood_score_ratio", math.nan)) for s in keys],
             "spearman_est_vs_true": rho["est_mse"], "spearman_spread_aux": rho["est_mse_spread"], "est_pairs": len(est),
             "spearman_magnitude": rho["est_mse_magnitude"],
+            "spearman_outer_ci": spearman_ci(points_outer), "est_points_outer": points_outer,
             "spearman_ci": spearman_ci(points), "est_points": points,
             "est_bias_db": float(np.mean([e - t for e, t in zip(est, true) if math.isfinite(e)])) if est else math.nan,
             "std_before": std_calibration(diff, targets), "std_after": std_calibration(auto, targets)}
+
+
+def outer_lines_mse(info: dict, cand: str) -> float:
+    """The guard's estimate of ``cand``'s per-pixel MSE (normalised units) with the innermost held-out line of each
+    fold left out of the ratio: (sum of the other lines' errors / what the posterior expected there) x what it
+    expects outside the mask (``selfval.ratio_estimate``, floor scaled to those lines). The innermost line sits
+    next to the calibration block; held out, it widens the gap there and carries about half of the held-out
+    error (BENCHMARKS.md, "The line next to the calibration block"). Needs ``held_out_lines`` (runs since
+    2026-12-03; NaN otherwise, or with fewer than 2 lines per fold); runs without ``held_out_noise_var`` get no
+    floor (it matters only where the held-out error is within the noise, as on a blank slice)."""
+    lines, nv = info.get("held_out_lines"), info.get("held_out_noise_var", 0.0)
+    if not lines or cand not in lines["error"]:
+        return math.nan
+    n = len(lines["radius"])
+    per_fold = n // max(int(info["folds"]), 1)
+    if per_fold < 2:
+        return math.nan
+    outer = np.arange(n) % per_fold != 0  # each fold lists its lines nearest the centre first
+    e, x = np.asarray(lines["error"][cand])[outer], np.asarray(lines["expected"][cand])[outer]
+    out = info["expected_unmeasured"][cand]
+    full = selfval.ratio_estimate(info["held_out_error"][cand], info["expected_held_out"][cand], out, math.sqrt(nv))
+    part = selfval.ratio_estimate(float(e.sum()), float(x.sum()), out, math.sqrt(nv * outer.mean()))
+    if not (math.isfinite(full) and full > 0 and math.isfinite(part)):
+        return math.nan
+    return info["est_mse"][cand] * part / full  # est_mse = energy / (H W)
 
 
 def spearman_ci(points: list, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -201,9 +232,12 @@ def pooled_spearman(rows: list[dict]) -> list[dict]:
     for key in dict.fromkeys((r["data"], r["prior"]) for r in rows):
         sel = [r for r in rows if (r["data"], r["prior"]) == key]
         pts = [p for r in sel for p in r["est_points"]]
+        outer = [p for r in sel for p in r.get("est_points_outer", [])]
         out.append({"data": key[0], "prior": key[1], "R": [r["R"] for r in sel], "points": len(pts),
                     "slices": len({(p[0], p[1]) for p in pts}), "spearman": spearman_ci(pts),
-                    "per_R": {f"{r['R']:g}": r["spearman_ci"] for r in sel}})
+                    "per_R": {f"{r['R']:g}": r["spearman_ci"] for r in sel},
+                    "spearman_outer": spearman_ci(outer) if len(outer) == len(pts) else (math.nan,) * 3,
+                    "per_R_outer": {f"{r['R']:g}": r.get("spearman_outer_ci", (math.nan,) * 3) for r in sel}})
     return out
 
 
@@ -232,12 +266,16 @@ def markdown(rows: list[dict], machine: str, seconds: float) -> list[str]:
             f"{b['corr']:.2f} / {100 * b['within_2std']:.0f} % -> {a['corr']:.2f} / {100 * a['within_2std']:.0f} % |")
     lines += ["", "Spearman(estimate, true PSNR) within each dataset x prior, every acceleration's points together "
               "[95 % bootstrap CI over slices]:", "",
-              "| data | prior | R | slices | points | Spearman [95 % CI] | per R |", "|---|---|---|---|---|---|---|"]
+              "| data | prior | R | slices | points | Spearman [95 % CI] | per R | outer lines only: Spearman [95 % CI] "
+              "| per R |", "|---|---|---|---|---|---|---|---|---|"]
     for p in pooled_spearman(rows):
         r, lo, hi = p["spearman"]
         per = ", ".join(f"{k}x {v[0]:.2f}" for k, v in p["per_R"].items())
+        ro, lo_o, hi_o = p["spearman_outer"]
+        per_o = ", ".join(f"{k}x {v[0]:.2f}" for k, v in p["per_R_outer"].items())
         lines.append(f"| {p['data']} | {p['prior']} | {', '.join(f'{x:g}' for x in p['R'])} | {p['slices']} | "
-                     f"{p['points']} | {r:.2f} [{lo:.2f}, {hi:.2f}] | {per} |")
+                     f"{p['points']} | {r:.2f} [{lo:.2f}, {hi:.2f}] | {per} | {ro:.2f} [{lo_o:.2f}, {hi_o:.2f}] | "
+                     f"{per_o} |")
     return lines
 
 

@@ -618,3 +618,28 @@ def test_estimate_probes_band_weights_and_reference_noise_in_closed_form():
     big = torch.zeros(C, 64, 64, dtype=torch.complex64)
     big[0] = 100.0
     assert ep.noise_term(big, sigma) == pytest.approx(64 * 64 * sigma ** 2 / 2, rel=0.03)
+
+
+def test_benchmark_outer_lines_estimate_leaves_out_each_folds_innermost_line():
+    """benchmarks/guard.py outer_lines_mse: with every line's error a fixed multiple of what the posterior
+    expected, leaving lines out changes nothing; when each fold's first (innermost) line is 10x off, the outer
+    lines' ratio (1x) replaces the pooled one; runs without the per-line record give NaN."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    g = importlib.import_module("guard")
+    exp = [4.0, 1.0, 0.5, 3.0, 1.0, 0.5]  # 2 folds x 3 lines, nearest the centre first
+
+    def info(err):
+        return {"folds": 2, "held_out_lines": {"radius": [0.1, 0.2, 0.3] * 2, "error": {"d": err},
+                                               "expected": {"d": exp}},
+                "held_out_noise_var": 1e-12, "held_out_error": {"d": sum(err)}, "expected_held_out": {"d": sum(exp)},
+                "expected_unmeasured": {"d": 100.0}, "est_mse": {"d": sum(err) / sum(exp) * 100.0 / 64}}
+
+    same = info([2 * e for e in exp])
+    assert g.outer_lines_mse(same, "d") == pytest.approx(same["est_mse"]["d"])
+    off = info([10 * e if i % 3 == 0 else e for i, e in enumerate(exp)])
+    assert g.outer_lines_mse(off, "d") == pytest.approx(1.0 * 100.0 / 64)
+    assert off["est_mse"]["d"] > 5 * g.outer_lines_mse(off, "d")
+    assert math.isnan(g.outer_lines_mse({"folds": 2}, "d"))
