@@ -16,7 +16,8 @@ Reported (markdown + JSON):
   measurements only, the CG-SENSE volume maximum as range for every method) and the true PSNR, over slices x
   {diffusion, L1-wavelet at its tuned weight, CG-SENSE}, for the guard's estimate (each candidate's ratio
   estimate with its own auxiliary, ``selfval.expected_energy``) and the older one (the posterior spread as
-  auxiliary for every candidate);
+  auxiliary for every candidate); for runs with the guard's per-line record, also the same estimate without
+  each fold's innermost held-out line (``outer_lines_mse``, the pooled table's last columns);
 - calibration of the std map (``recon.uncertainty.calibration``): the unguarded posterior std against the
   unguarded error, and the guard's std against the guarded error.
 
